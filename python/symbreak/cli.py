@@ -1,11 +1,22 @@
-"""Command-line entry point: ``symbreak <subcommand> ...``."""
+"""Command-line entry point: ``symbreak <subcommand> ...``.
+
+Each subcommand lives in the module that owns the concept and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a callable
+taking the parsed ``argparse.Namespace`` and returning an exit code. This file
+only collects them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from . import __version__
+
+# Modules that contribute subcommands (imported lazily so `symbreak --help` stays fast
+# and a broken optional front end cannot break the others).
+SUBCOMMAND_MODULES: list[str] = []
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and measure and control the rotational symmetry they break.",
     )
     parser.add_argument("--version", action="version", version=f"symbreak {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(f"symbreak.{name}").register(subparsers)
     return parser
 
 
