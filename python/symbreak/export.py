@@ -1,0 +1,105 @@
+"""Export a trained model to one TorchScript file with its metadata, and load it back.
+
+The file is a TorchScript archive with an extra file ``metadata.json`` holding what any
+front end needs without Python: species (atomic numbers), cutoff and receptive field (Å),
+units, the torch version it was exported with, the training-data fingerprint and the
+training metrics. C++ (LAMMPS) reads the same extra file.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .model import PET
+
+SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
+METADATA_FILE = "metadata.json"
+
+
+@dataclass
+class ModelMetadata:
+    species: list[int]
+    cutoff: float  # Å
+    receptive_field: float  # Å, message-passing layers × cutoff
+    torch_version: str
+    units: dict = field(default_factory=lambda: {"length": "angstrom", "energy": "eV"})
+    config: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)  # data fingerprint, split, metrics
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=1, sort_keys=True)
+
+
+@dataclass
+class LoadedModel:
+    """A loaded TorchScript model and its metadata."""
+
+    module: torch.jit.ScriptModule
+    metadata: ModelMetadata
+    path: Path
+
+
+def export_model(model: PET, path: str | Path, config: dict, training: dict) -> ModelMetadata:
+    """Script ``model`` and write it with its metadata to ``path``."""
+    meta = ModelMetadata(
+        species=list(model.species),
+        cutoff=float(model.cutoff),
+        receptive_field=float(model.cutoff) * len(model.layers),
+        torch_version=torch.__version__.split("+")[0],
+        config=config,
+        training=training,
+    )
+    scripted = torch.jit.script(model.eval())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(scripted, str(path), _extra_files={METADATA_FILE: meta.to_json()})
+    return meta
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped inside the package."""
+    return sorted(p.stem for p in SHIPPED_MODELS_DIR.glob("*.pt"))
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A shipped model's name (e.g. ``"water-revpbe0d3"``) or a path to an exported file."""
+    candidate = Path(name_or_path)
+    if candidate.is_file():
+        return candidate
+    shipped = SHIPPED_MODELS_DIR / f"{name_or_path}.pt"
+    if shipped.is_file():
+        return shipped
+    raise FileNotFoundError(
+        f"no model file '{name_or_path}' and no shipped model of that name "
+        f"(shipped: {', '.join(shipped_models()) or 'none'})"
+    )
+
+
+def load_model(name_or_path: str | Path) -> LoadedModel:
+    """Load an exported model. Raises a clear error for a missing, corrupt or
+    incompatible file (exported by another torch major.minor version)."""
+    path = resolve_model_path(name_or_path)
+    extra = {METADATA_FILE: ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except (RuntimeError, zipfile.BadZipFile, ValueError) as err:
+        raise ValueError(f"'{path}' is not a readable symbreak model file: {err}") from err
+    if not extra[METADATA_FILE]:
+        raise ValueError(f"'{path}' has no {METADATA_FILE}: not a symbreak model file")
+    try:
+        meta = ModelMetadata(**json.loads(extra[METADATA_FILE]))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"'{path}': corrupt {METADATA_FILE}: {err}") from err
+    running = torch.__version__.split("+")[0]
+    if meta.torch_version.split(".")[:2] != running.split(".")[:2]:
+        raise RuntimeError(
+            f"'{path}' was exported with torch {meta.torch_version}, but torch {running} is "
+            "running; TorchScript files are only supported by the torch version that wrote "
+            "them: install that version or re-export the model"
+        )
+    return LoadedModel(module.eval(), meta, path)

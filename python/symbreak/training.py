@@ -1,0 +1,430 @@
+"""Training a PET model on energies and forces (extended XYZ read with ASE).
+
+Recipe (the study's, sized for a CPU): a fresh random O(3) rotation per structure per
+step (half improper; switchable off), forces from the gradient of the energy (the
+loss differentiates through it), per-species energy baseline from a composition
+regression, energy weight ramped up over the first part of training, Adam with warm-up
+and cosine decay, an exponential moving average (EMA) of the weights that is what gets
+validated and exported. Checkpoints after every epoch; ``resume`` continues exactly (the
+randomness of epoch e is drawn from (seed, e)), so training can span several sittings.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .graph import Graph, build_graph
+from .model import PET, PETConfig, count_parameters
+from .rotations import random_rotations
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    output: str = "model.pt"
+    workdir: str = "training"
+    seed: int = 0
+    n_test: int = 16
+    n_val: int = 8
+    epochs: int = 200
+    batch_size: int = 2  # structures per optimiser step
+    lr: float = 2e-3
+    lr_min: float = 2e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    ema_decay: float = 0.995
+    energy_weight_start: float = 10.0  # (eV/atom)^-2 relative to (eV/Å)^-2 for forces
+    energy_weight_end: float = 300.0
+    energy_weight_ramp: float = 0.3  # fraction of epochs over which it ramps
+    augment: bool = True  # random O(3) rotation per structure per step
+    threads: int = 0  # 0: torch's default
+    max_minutes: float = 0.0  # stop (after a checkpoint) when exceeded; 0: no limit
+    model: dict = field(default_factory=dict)  # PETConfig overrides
+
+
+@dataclass
+class Sample:
+    graph: Graph
+    energy: float  # eV
+    forces: np.ndarray  # [N, 3] eV/Å
+
+
+def file_fingerprint(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_labelled(path: str | Path) -> list:
+    """Frames with energies and forces; ValueError naming the file and frame otherwise."""
+    import ase.io
+
+    frames = ase.io.read(str(path), ":")
+    for k, atoms in enumerate(frames):
+        try:
+            atoms.get_potential_energy()
+            atoms.get_forces()
+        except Exception as err:
+            raise ValueError(f"{path}: frame {k} has no energy and forces: {err}") from err
+    return frames
+
+
+def make_samples(frames: list, species: list[int], cutoff: float) -> list[Sample]:
+    return [
+        Sample(
+            build_graph(a.numbers, a.positions, a.cell.array, a.pbc, cutoff, species),
+            float(a.get_potential_energy()),
+            np.asarray(a.get_forces(), dtype=np.float64),
+        )
+        for a in frames
+    ]
+
+
+def split_indices(n: int, n_test: int, n_val: int, seed: int) -> dict[str, list[int]]:
+    perm = np.random.default_rng(seed).permutation(n)
+    return {
+        "test": sorted(perm[:n_test].tolist()),
+        "val": sorted(perm[n_test : n_test + n_val].tolist()),
+        "train": sorted(perm[n_test + n_val :].tolist()),
+    }
+
+
+def composition_baseline(samples: list[Sample], n_species: int) -> np.ndarray:
+    """Per-species energies (eV/atom) from a least-squares fit of E to the counts."""
+    counts = np.stack([np.bincount(s.graph.species, minlength=n_species) for s in samples])
+    energies = np.array([s.energy for s in samples])
+    return np.linalg.lstsq(counts.astype(float), energies, rcond=None)[0]
+
+
+@dataclass
+class Batch:
+    species: torch.Tensor
+    centers: torch.Tensor
+    neighbors: torch.Tensor
+    vectors: torch.Tensor
+    reverse: torch.Tensor
+    structure: torch.Tensor
+    n_atoms: torch.Tensor  # [B]
+    energy: torch.Tensor  # [B] eV
+    forces: torch.Tensor  # [N, 3] eV/Å
+
+
+def collate(samples: list[Sample], rotations: np.ndarray | None, dtype=torch.float32) -> Batch:
+    """Pack structures into one graph; ``rotations`` [B,3,3] rotate vectors and forces."""
+    species, centers, neighbors, vectors, reverse, structure, forces = [], [], [], [], [], [], []
+    atom_offset = edge_offset = 0
+    for b, s in enumerate(samples):
+        g = s.graph
+        vec, frc = g.vectors, s.forces
+        if rotations is not None:
+            vec, frc = vec @ rotations[b].T, frc @ rotations[b].T
+        species.append(g.species)
+        centers.append(g.centers + atom_offset)
+        neighbors.append(g.neighbors + atom_offset)
+        reverse.append(g.reverse + edge_offset)
+        vectors.append(vec)
+        forces.append(frc)
+        structure.append(np.full(g.n_atoms, b))
+        atom_offset += g.n_atoms
+        edge_offset += len(g.centers)
+
+    def cat(arrays, dt):
+        return torch.from_numpy(np.concatenate(arrays)).to(dt)
+
+    return Batch(
+        cat(species, torch.long),
+        cat(centers, torch.long),
+        cat(neighbors, torch.long),
+        cat(vectors, dtype),
+        cat(reverse, torch.long),
+        cat(structure, torch.long),
+        torch.tensor([s.graph.n_atoms for s in samples]),
+        torch.tensor([s.energy for s in samples], dtype=torch.float64),
+        cat(forces, dtype),
+    )
+
+
+def predict(model: PET, batch: Batch, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Energies [B] (eV) and forces [N, 3] (eV/Å), differentiable if ``create_graph``."""
+    vectors = batch.vectors.detach().requires_grad_(True)
+    eps = model.atomic_energies(
+        batch.species, batch.centers, batch.neighbors, vectors, batch.reverse
+    )
+    n_struct = batch.n_atoms.shape[0]
+    energy = torch.zeros(n_struct, dtype=eps.dtype).index_add(0, batch.structure, eps)
+    (grad,) = torch.autograd.grad(energy.sum(), vectors, create_graph=create_graph)
+    forces = torch.zeros_like(vectors[: batch.species.shape[0]]).index_add(0, batch.centers, grad)
+    forces = forces.index_add(0, batch.neighbors, -grad)
+    return energy, forces
+
+
+def evaluate(model: PET, samples: list[Sample], batch_size: int = 4) -> dict[str, float]:
+    """Energy MAE/RMSE (meV/atom) and force MAE/RMSE (meV/Å) on unrotated samples."""
+    e_err, f_err = [], []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        batch = collate(chunk, None)
+        energy, forces = predict(model, batch, create_graph=False)
+        e_err.append(((energy.detach().double() - batch.energy) / batch.n_atoms).numpy())
+        f_err.append((forces.detach() - batch.forces).double().numpy().ravel())
+    e = np.concatenate(e_err) * 1e3
+    f = np.concatenate(f_err) * 1e3
+    return {
+        "energy_mae_meV_atom": float(np.abs(e).mean()),
+        "energy_rmse_meV_atom": float(np.sqrt((e**2).mean())),
+        "force_mae_meV_A": float(np.abs(f).mean()),
+        "force_rmse_meV_A": float(np.sqrt((f**2).mean())),
+        "energy_mean_error_meV_atom": float(e.mean()),
+    }
+
+
+class Trainer:
+    """Owns the model, optimiser, EMA, data and history; checkpoints to ``workdir``."""
+
+    def __init__(self, cfg: TrainConfig, progress: bool = True):
+        self.cfg = cfg
+        self.progress = progress
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        frames = read_labelled(cfg.data)
+        species = sorted({int(z) for a in frames for z in a.numbers})
+        self.model_cfg = PETConfig(species=species, **cfg.model)
+        samples = make_samples(frames, species, self.model_cfg.cutoff)
+        self.split = split_indices(len(samples), cfg.n_test, cfg.n_val, cfg.seed)
+        self.train = [samples[k] for k in self.split["train"]]
+        self.val = [samples[k] for k in self.split["val"]]
+        self.test = [samples[k] for k in self.split["test"]]
+        self.model = PET(self.model_cfg)
+        self.model.baseline.copy_(torch.from_numpy(composition_baseline(self.train, len(species))))
+        forces = np.concatenate([s.forces for s in self.train])
+        self.model.energy_scale.fill_(float(np.sqrt((forces**2).mean())))
+        self.ema = copy.deepcopy(self.model)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict] = []
+        self.fingerprint = file_fingerprint(cfg.data)
+        self.workdir = Path(cfg.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    # -- schedule ----------------------------------------------------------------------
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train) / self.cfg.batch_size)
+
+    def learning_rate(self, step: int) -> float:
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        total = max(cfg.epochs * self.steps_per_epoch - cfg.warmup_steps, 1)
+        t = min((step - cfg.warmup_steps) / total, 1.0)
+        return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
+
+    def energy_weight(self, epoch: int) -> float:
+        cfg = self.cfg
+        t = min(epoch / max(cfg.energy_weight_ramp * cfg.epochs, 1), 1.0)
+        return cfg.energy_weight_start * (cfg.energy_weight_end / cfg.energy_weight_start) ** t
+
+    # -- one epoch ---------------------------------------------------------------------
+
+    def run_epoch(self) -> dict:
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, self.epoch])
+        order = rng.permutation(len(self.train))
+        w_energy = self.energy_weight(self.epoch)
+        self.model.train()
+        sums = {"loss": 0.0, "force_mse": 0.0, "energy_mse": 0.0}
+        bar = tqdm(
+            range(0, len(order), cfg.batch_size),
+            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            disable=not self.progress,
+            leave=False,
+        )
+        for start in bar:
+            chunk = [self.train[k] for k in order[start : start + cfg.batch_size]]
+            rot = random_rotations(rng, len(chunk)) if cfg.augment else None
+            batch = collate(chunk, rot)
+            energy, forces = predict(self.model, batch, create_graph=True)
+            force_mse = ((forces - batch.forces) ** 2).mean()
+            energy_mse = (((energy - batch.energy.to(energy.dtype)) / batch.n_atoms) ** 2).mean()
+            loss = force_mse + w_energy * energy_mse
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate(self.step)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+            self.optimizer.step()
+            self._update_ema()
+            self.step += 1
+            sums["loss"] += loss.item()
+            sums["force_mse"] += force_mse.item()
+            sums["energy_mse"] += energy_mse.item()
+            bar.set_postfix(
+                F_rmse=f"{1e3 * force_mse.item() ** 0.5:.0f}meV/A",
+                E_rmse=f"{1e3 * energy_mse.item() ** 0.5:.1f}meV/at",
+            )
+        n = len(bar)
+        self.epoch += 1
+        return {k: v / n for k, v in sums.items()} | {"energy_weight": w_energy}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        d = self.cfg.ema_decay
+        # Early on, follow the model closely (bias correction as in Adam).
+        d = min(d, (1 + self.step) / (10 + self.step))
+        for p_ema, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+            p_ema.mul_(d).add_(p.detach(), alpha=1 - d)
+
+    def refit_offset(self) -> None:
+        """Re-fit the per-species baseline of the EMA model to its training residuals
+        (the energy error of a force-dominated loss is mostly an offset per atom)."""
+        n_species = len(self.model_cfg.species)
+        counts, residuals = [], []
+        for start in range(0, len(self.train), 4):
+            chunk = self.train[start : start + 4]
+            batch = collate(chunk, None)
+            with torch.no_grad():
+                eps = self.ema.atomic_energies(
+                    batch.species, batch.centers, batch.neighbors, batch.vectors, batch.reverse
+                )
+                energy = torch.zeros(len(chunk), dtype=eps.dtype).index_add(0, batch.structure, eps)
+            residuals.append((batch.energy - energy.double()).numpy())
+            counts += [np.bincount(s.graph.species, minlength=n_species) for s in chunk]
+        shift = np.linalg.lstsq(np.array(counts, float), np.concatenate(residuals), rcond=None)[0]
+        self.ema.baseline.add_(torch.from_numpy(shift))
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def checkpoint_path(self) -> Path:
+        return self.workdir / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "train_config": asdict(self.cfg),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": self.history,
+            "torch_rng": torch.get_rng_state(),
+        }
+        tmp = self.checkpoint_path().with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.checkpoint_path())  # atomic: an interrupted save keeps the old one
+
+    def load_checkpoint(self, path: Path | None = None) -> None:
+        state = torch.load(path or self.checkpoint_path(), weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history = state["history"]
+        torch.set_rng_state(state["torch_rng"])
+
+    # -- the whole run -----------------------------------------------------------------
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        t0 = time.monotonic()
+        print(
+            f"PET: {count_parameters(self.model)} parameters; {len(self.train)} train / "
+            f"{len(self.val)} val / {len(self.test)} test frames; starting at epoch {self.epoch}",
+            flush=True,
+        )
+        while self.epoch < cfg.epochs:
+            t_epoch = time.monotonic()
+            record = self.run_epoch()
+            record.update({f"val_{k}": v for k, v in evaluate(self.ema, self.val).items()})
+            record.update(epoch=self.epoch, step=self.step, seconds=time.monotonic() - t_epoch)
+            record["lr"] = self.learning_rate(self.step)
+            self.history.append(record)
+            self.save_checkpoint()
+            with open(self.workdir / "history.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            print(
+                f"epoch {self.epoch:4d}  train F rmse {1e3 * record['force_mse'] ** 0.5:6.1f}  "
+                f"val F mae {record['val_force_mae_meV_A']:6.1f} meV/Å  "
+                f"val E mae {record['val_energy_mae_meV_atom']:6.2f} meV/atom  "
+                f"lr {record['lr']:.1e}  {record['seconds']:.0f}s",
+                flush=True,
+            )
+            if cfg.max_minutes and (time.monotonic() - t0) / 60 > cfg.max_minutes:
+                print(f"stopping after {cfg.max_minutes} minutes; resume to continue", flush=True)
+                return {}
+        return self.finish()
+
+    def finish(self) -> dict:
+        """Refit the offset, measure on the test frames, export the EMA model."""
+        from .export import export_model
+
+        self.refit_offset()
+        metrics = {
+            "val": evaluate(self.ema, self.val),
+            "test": evaluate(self.ema, self.test),
+            "train": evaluate(self.ema, self.train[:32]),
+        }
+        training = {
+            "data": Path(self.cfg.data).name,
+            "data_sha256": self.fingerprint,
+            "split": self.split,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "augment": self.cfg.augment,
+            "seed": self.cfg.seed,
+            "parameters": count_parameters(self.model),
+            "metrics": metrics,
+        }
+        export_model(self.ema, self.cfg.output, self.model_cfg.to_dict(), training)
+        out_json = Path(self.cfg.output).with_suffix(".metrics.json")
+        out_json.write_text(json.dumps(training | {"history": self.history}, indent=1))
+        print(json.dumps(metrics, indent=1))
+        return training
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a PET model on an extended XYZ file with energies and forces",
+        description="Train a PET model; writes the exported model, a metrics JSON, and "
+        "checkpoints (resume with --resume).",
+    )
+    defaults = TrainConfig()
+    p.add_argument("--data", required=True, help="extended XYZ with energies and forces")
+    p.add_argument("--output", default=defaults.output, help="exported model file")
+    p.add_argument("--workdir", default=defaults.workdir, help="checkpoints and history")
+    for name in (
+        "seed", "n_test", "n_val", "epochs", "batch_size", "lr", "lr_min", "warmup_steps",
+        "ema_decay", "energy_weight_start", "energy_weight_end", "threads", "max_minutes",
+    ):  # fmt: skip
+        value = getattr(defaults, name)
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    p.add_argument("--no-augment", action="store_true", help="train without random rotations")
+    p.add_argument(
+        "--model-config", default="{}", help="JSON PETConfig overrides, e.g. '{\"d_model\": 64}'"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from workdir/checkpoint.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    cfg = TrainConfig(**fields, augment=not args.no_augment, model=json.loads(args.model_config))
+    trainer = Trainer(cfg, progress=not args.quiet)
+    if args.resume:
+        trainer.load_checkpoint()
+    trainer.fit()
+    return 0
