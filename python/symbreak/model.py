@@ -161,10 +161,16 @@ class PET(nn.Module):
         x = (r / self.cutoff)[:, None]
         return torch.sin(self.radial_freq.to(r.dtype) * x) / x
 
+    def baseline_energies(self, species: Tensor) -> Tensor:
+        """Per-species reference energies [N] (eV, float64: absolute energies of large
+        systems do not fit in float32)."""
+        return self.baseline[species].to(torch.float64)
+
     def atomic_energies(
         self, species: Tensor, centers: Tensor, neighbors: Tensor, vectors: Tensor, reverse: Tensor
     ) -> Tensor:
-        """Atomic energies [N] (eV) from species indices [N] (0..n_species-1), edges
+        """Atomic interaction energies [N] (eV, in the dtype of ``vectors``; the total
+        atomic energy adds :meth:`baseline_energies`) from species indices [N], edges
         ``centers``/``neighbors`` [E] (full list: every (i, j) has its reverse) and edge
         vectors [E, 3] (Å). ``reverse`` [E] maps edge (i, j, S) to (j, i, -S).
         """
@@ -221,7 +227,7 @@ class PET(nn.Module):
             e_edge = layer.head_edge(message).squeeze(1) * fc_sorted
             energy = energy + layer.head_central(node).squeeze(1)
             energy = energy.index_add(0, centers_sorted, e_edge)
-        return self.baseline.to(dtype)[species] + self.energy_scale.to(dtype) * energy
+        return self.energy_scale.to(dtype) * energy
 
     # -- the exported entry point: rotations, averaging, gradients ----------------------
 
@@ -247,7 +253,7 @@ class PET(nn.Module):
         weights [K] (sum 1), rotation_batch: rotations per model call (0: all at once).
 
         Returns a dict of tensors (eV, Å):
-          energy [B]                 Σ_k w_k E_k
+          energy [B]                 Σ_k w_k E_k  (float64, as all energies here)
           energy_per_rotation [B, K] E_k
           atomic_energies [N]        Σ_k w_k ε_ik
           edge_gradients [E, 3]      ∂energy/∂r_ij (if compute_gradients)
@@ -264,8 +270,10 @@ class PET(nn.Module):
         rotations = rotations.to(dtype)
         weights = weights.to(dtype)
 
-        energy_rot = torch.zeros(n_structures, n_rot, dtype=dtype, device=device)
-        atomic = torch.zeros(n_atoms, dtype=dtype, device=device)
+        f64 = torch.float64
+        energy_rot = torch.zeros(n_structures, n_rot, dtype=f64, device=device)
+        baseline = self.baseline_energies(species)
+        atomic = baseline.clone()
         grad = torch.zeros(n_edges, 3, dtype=dtype, device=device)
         forces = torch.zeros(n_atoms, 3, dtype=dtype, device=device)
         forces_sq = torch.zeros(n_atoms, dtype=dtype, device=device)
@@ -291,8 +299,8 @@ class PET(nn.Module):
             ).view(k, n_atoms)
             e_k = torch.zeros(k, n_structures, dtype=dtype, device=device)
             e_k = e_k.index_add(1, structure, eps)
-            energy_rot[:, start:stop] = e_k.t()
-            atomic = atomic + (w[:, None] * eps).sum(0).detach()
+            energy_rot[:, start:stop] = e_k.t().to(f64)
+            atomic = atomic + (w[:, None] * eps).sum(0).detach().to(f64)
             if compute_gradients:
                 total = (w[:, None] * e_k).sum()
                 g = torch.autograd.grad([total], [rotated])[0]
@@ -306,7 +314,10 @@ class PET(nn.Module):
                 forces = forces + f_k.sum(0)
                 safe_w = torch.where(w > 0, w, torch.ones_like(w))
                 forces_sq = forces_sq + ((f_k**2).sum(2) / safe_w[:, None]).sum(0)
-        energy = (energy_rot * weights[None, :]).sum(1)
+        structure_baseline = torch.zeros(n_structures, dtype=f64, device=device)
+        structure_baseline = structure_baseline.index_add(0, structure, baseline)
+        energy_rot = energy_rot + structure_baseline[:, None]
+        energy = (energy_rot * weights.to(f64)[None, :]).sum(1)
         out: dict[str, Tensor] = {
             "energy": energy.detach(),
             "energy_per_rotation": energy_rot.detach(),

@@ -159,8 +159,12 @@ def predict(model: PET, batch: Batch, create_graph: bool) -> tuple[torch.Tensor,
         batch.species, batch.centers, batch.neighbors, vectors, batch.reverse
     )
     n_struct = batch.n_atoms.shape[0]
-    energy = torch.zeros(n_struct, dtype=eps.dtype).index_add(0, batch.structure, eps)
-    (grad,) = torch.autograd.grad(energy.sum(), vectors, create_graph=create_graph)
+    interaction = torch.zeros(n_struct, dtype=eps.dtype).index_add(0, batch.structure, eps)
+    (grad,) = torch.autograd.grad(interaction.sum(), vectors, create_graph=create_graph)
+    baseline = torch.zeros(n_struct, dtype=torch.float64).index_add(
+        0, batch.structure, model.baseline_energies(batch.species)
+    )
+    energy = interaction.double() + baseline
     forces = torch.zeros_like(vectors[: batch.species.shape[0]]).index_add(0, batch.centers, grad)
     forces = forces.index_add(0, batch.neighbors, -grad)
     return energy, forces
@@ -258,7 +262,7 @@ class Trainer:
             batch = collate(chunk, rot)
             energy, forces = predict(self.model, batch, create_graph=True)
             force_mse = ((forces - batch.forces) ** 2).mean()
-            energy_mse = (((energy - batch.energy.to(energy.dtype)) / batch.n_atoms) ** 2).mean()
+            energy_mse = (((energy - batch.energy) / batch.n_atoms) ** 2).mean()
             loss = force_mse + w_energy * energy_mse
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(self.step)

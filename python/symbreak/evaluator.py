@@ -1,0 +1,222 @@
+"""The one evaluator every front end calls (ASE, i-PI client and potential, analysis).
+
+Per call: one neighbour list per structure, all structures (e.g. path-integral beads)
+packed into one graph, then the exported model's ``compute`` runs the K rotated copies
+in batches of ``rotation_batch`` and returns the weighted mean energy, its exact
+gradient (forces, virial) and the spread over rotations. The averaging policy is an
+argument of each call (or a default changed with :meth:`Evaluator.set_policy`): switching
+it never reloads the model.
+
+Units: Å, eV, eV/Å; virial in eV (-∂E/∂ε, not divided by the volume).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .export import LoadedModel, load_model
+from .graph import Graph, build_graph
+from .rotations import AveragingPolicy
+
+# Token budget of one model call when rotation_batch is automatic: rotations are
+# chunked so that K_chunk × edges stays below this (bounds the memory of the batch).
+AUTO_EDGE_BUDGET = 400_000
+
+
+@dataclass
+class Structure:
+    """One configuration: atomic numbers [N], positions [N, 3] (Å), cell [3, 3] (Å, rows
+    are lattice vectors) and periodicity (three booleans)."""
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray
+    pbc: Sequence[bool] = (True, True, True)
+
+    @classmethod
+    def from_atoms(cls, atoms) -> Structure:
+        return cls(atoms.numbers, atoms.positions, atoms.cell.array, tuple(atoms.pbc))
+
+
+@dataclass
+class Result:
+    """Energy (eV), forces [N, 3] (eV/Å), virial [3, 3] (eV), atomic energies [N] (eV)
+    and the diagnostics of the averaging."""
+
+    energy: float
+    forces: np.ndarray
+    virial: np.ndarray
+    energies: np.ndarray
+    diagnostics: dict = field(default_factory=dict)
+
+
+def _as_policy(policy: AveragingPolicy | str | None, default: AveragingPolicy) -> AveragingPolicy:
+    if policy is None:
+        return default
+    if isinstance(policy, str):
+        return AveragingPolicy.parse(policy)
+    return policy
+
+
+class Evaluator:
+    """Energies, forces and virials of a model, plain or rotationally averaged.
+
+    ``model``: a shipped model name or an exported file (or an already loaded model).
+    ``policy``: default averaging policy, e.g. ``"none"``, ``"lebedev:5+inv"``,
+    ``"random+seed=3"`` or an :class:`AveragingPolicy`. ``rotation_batch``: rotations per
+    model call (None: chosen from the system size). ``dtype``: torch.float32 (production)
+    or torch.float64 (tests, finite differences).
+    """
+
+    def __init__(
+        self,
+        model: str | Path | LoadedModel = "water-revpbe0d3",
+        policy: AveragingPolicy | str = "none",
+        rotation_batch: int | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.model = model if isinstance(model, LoadedModel) else load_model(model)
+        self.module = self.model.module
+        if dtype == torch.float64:
+            self.module = self.module.double()
+        elif dtype != torch.float32:
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, not {dtype}")
+        self.dtype = dtype
+        self.species = list(self.model.metadata.species)
+        self.cutoff = float(self.model.metadata.cutoff)
+        self.rotation_batch = rotation_batch
+        self._lock = threading.Lock()  # policy changes may come from a control thread
+        self.policy = _as_policy(policy, AveragingPolicy())
+        self.calls = 0
+
+    # -- policy ------------------------------------------------------------------------
+
+    def set_policy(
+        self, average: AveragingPolicy | str, inversion: bool | None = None, seed: int | None = None
+    ) -> AveragingPolicy:
+        """Change the default policy; returns the new one. ``inversion``/``seed``
+        override what the spec string says when given."""
+        policy = _as_policy(average, self.policy)
+        if inversion is not None or seed is not None:
+            policy = AveragingPolicy(
+                policy.spec,
+                policy.inversion if inversion is None else bool(inversion),
+                policy.seed if seed is None else int(seed),
+            )
+        with self._lock:
+            self.policy = policy
+        return policy
+
+    # -- evaluation --------------------------------------------------------------------
+
+    def graph(self, s: Structure) -> Graph:
+        return build_graph(s.numbers, s.positions, s.cell, s.pbc, self.cutoff, self.species)
+
+    def compute(
+        self,
+        structures: Structure | Sequence[Structure],
+        policy: AveragingPolicy | str | None = None,
+        gradients: bool = True,
+    ) -> list[Result]:
+        """Evaluate one or several structures in one batched model call per rotation chunk.
+
+        Random policies draw one rotation per call, shared by all structures of the call.
+        """
+        if isinstance(structures, Structure):
+            structures = [structures]
+        with self._lock:
+            policy = _as_policy(policy, self.policy)
+            rotations, weights = policy.rotations()
+        graphs = [self.graph(s) for s in structures]
+        packed = _pack(graphs, self.dtype)
+        n_edges = int(packed["centers"].shape[0])
+        k = len(weights)
+        batch = self.rotation_batch or max(1, min(k, AUTO_EDGE_BUDGET // max(n_edges, 1)))
+        with torch.set_grad_enabled(gradients):
+            out = self.module.compute(
+                packed["species"],
+                packed["centers"],
+                packed["neighbors"],
+                packed["vectors"],
+                packed["reverse"],
+                packed["structure"],
+                len(graphs),
+                torch.from_numpy(np.ascontiguousarray(rotations)),
+                torch.from_numpy(np.ascontiguousarray(weights)),
+                gradients,
+                batch,
+            )
+        self.calls += 1
+        return _unpack(out, graphs, packed, policy, weights, gradients)
+
+    def __call__(self, atoms, policy=None) -> Result:
+        """Convenience: one ASE Atoms object."""
+        return self.compute(Structure.from_atoms(atoms), policy)[0]
+
+
+def _pack(graphs: list[Graph], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Concatenate graphs (atom and edge indices offset) into the model's inputs."""
+    atom_offsets = np.cumsum([0] + [g.n_atoms for g in graphs])
+    edge_offsets = np.cumsum([0] + [len(g.centers) for g in graphs])
+
+    def cat(name: str, offsets=None) -> np.ndarray:
+        parts = [getattr(g, name) for g in graphs]
+        if offsets is not None:
+            parts = [p + o for p, o in zip(parts, offsets, strict=False)]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    structure = np.repeat(np.arange(len(graphs)), [g.n_atoms for g in graphs])
+    return {
+        "species": torch.from_numpy(cat("species").astype(np.int64)),
+        "centers": torch.from_numpy(cat("centers", atom_offsets).astype(np.int64)),
+        "neighbors": torch.from_numpy(cat("neighbors", atom_offsets).astype(np.int64)),
+        "reverse": torch.from_numpy(cat("reverse", edge_offsets).astype(np.int64)),
+        "vectors": torch.from_numpy(cat("vectors").reshape(-1, 3)).to(dtype),
+        "structure": torch.from_numpy(structure.astype(np.int64)),
+        "atom_offsets": torch.from_numpy(atom_offsets),
+    }
+
+
+def _unpack(out, graphs, packed, policy, weights, gradients) -> list[Result]:
+    offsets = packed["atom_offsets"].tolist()
+    w = np.asarray(weights, dtype=np.float64)
+    e_rot = out["energy_per_rotation"].numpy()
+    results = []
+    for b in range(len(graphs)):
+        a0, a1 = offsets[b], offsets[b + 1]
+        energy = float(out["energy"][b])
+        e_std = float(np.sqrt(max(np.sum(w * (e_rot[b] - energy) ** 2), 0.0)))
+        diag = {
+            "average": str(policy),
+            "n_rotations": int(len(w)),
+            "energy_rot_std": e_std,
+        }
+        if gradients:
+            forces = out["forces"][a0:a1].double().numpy()
+            sq = out["forces_rot_sq"][a0:a1].double().numpy()
+            per_atom = np.sqrt(np.clip(sq - (forces**2).sum(1), 0.0, None))
+            diag["forces_rot_std"] = float(np.sqrt(np.mean(per_atom**2))) if len(per_atom) else 0.0
+            diag["forces_rot_std_atoms"] = per_atom
+            virial = out["virial"][b].double().numpy()
+            # A model that is not rotation invariant exerts a net torque on the system:
+            # it is the antisymmetric part of -Σ r ⊗ ∂E/∂r (τ_a = ε_abc W_bc). The stress
+            # is the derivative with respect to *symmetric* strain: the symmetric part.
+            diag["torque"] = np.array(
+                [
+                    virial[1, 2] - virial[2, 1],
+                    virial[2, 0] - virial[0, 2],
+                    virial[0, 1] - virial[1, 0],
+                ]
+            )
+            virial = 0.5 * (virial + virial.T)
+        else:
+            forces = np.full((a1 - a0, 3), np.nan)
+            virial = np.full((3, 3), np.nan)
+        results.append(Result(energy, forces, virial, out["atomic_energies"][a0:a1].numpy(), diag))
+    return results

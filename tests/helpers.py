@@ -1,0 +1,63 @@
+"""Shared test utilities: small random models and structures (imported by test files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import torch
+from ase import Atoms
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data"
+
+
+def tiny_pet(seed: int = 0, **overrides):
+    """A small randomly initialised PET whose readouts are not zero (unlike a fresh
+    model), so that energies, forces and their symmetry breaking are all non-trivial."""
+    from symbreak.model import PET, PETConfig
+
+    torch.manual_seed(seed)
+    cfg = PETConfig(
+        **(
+            dict(d_model=16, n_heads=2, d_ff=32, n_mp_layers=2, n_transformer_layers=1, n_radial=4)
+            | overrides
+        )
+    )
+    model = PET(cfg)
+    with torch.no_grad():
+        for layer in model.layers:
+            for head in (layer.head_central, layer.head_edge):
+                head.fc2.weight.normal_(0.0, 0.3)
+                head.fc2.bias.normal_(0.0, 0.1)
+        model.baseline.copy_(torch.tensor([-13.6, -430.0], dtype=torch.float64))
+        model.energy_scale.fill_(1.0)
+    return model, cfg
+
+
+def export_tiny(path: Path, seed: int = 0, **overrides) -> Path:
+    from symbreak.export import export_model
+
+    model, cfg = tiny_pet(seed, **overrides)
+    export_model(model, path, cfg.to_dict(), {"note": "random test model"})
+    return path
+
+
+def water_frame(index: int = 0) -> Atoms:
+    """A 192-atom liquid-water frame of the shipped training data (cubic cell)."""
+    return ase.io.read(DATA / "water_revpbe0d3_160.xyz", index)
+
+
+def small_water(n_molecules: int = 8, seed: int = 0, triclinic: bool = True) -> Atoms:
+    """A few water molecules cut from a liquid frame into a (triclinic) periodic cell."""
+    atoms = water_frame(0)
+    atoms = atoms[: 3 * n_molecules]  # O, H, H order per molecule in this file
+    rng = np.random.default_rng(seed)
+    cell = np.diag([7.5, 7.8, 8.1])
+    if triclinic:
+        cell = cell + rng.uniform(-1.5, 1.5, (3, 3)) * np.tri(3, k=-1)
+    atoms.set_cell(cell, scale_atoms=False)
+    atoms.pbc = True
+    atoms.positions = atoms.positions % 7.0 + rng.normal(0, 0.02, (len(atoms), 3))
+    return atoms

@@ -1,0 +1,175 @@
+"""The PET model: invariances, gradients, export, and its (intended) symmetry breaking."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import export_tiny, small_water, tiny_pet
+
+from symbreak.evaluator import Evaluator, Structure
+from symbreak.export import load_model
+from symbreak.graph import build_graph
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    return export_tiny(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def ev64(model_file):
+    return Evaluator(model_file, dtype=torch.float64)
+
+
+def structure(atoms) -> Structure:
+    return Structure.from_atoms(atoms)
+
+
+def energy(ev, atoms) -> float:
+    return ev.compute(structure(atoms), gradients=False)[0].energy
+
+
+def test_translation_and_permutation_invariance(ev64):
+    atoms = small_water(8)
+    ref = ev64.compute(structure(atoms))[0]
+    moved = atoms.copy()
+    moved.positions += np.array([3.1, -7.7, 12.9])  # also moves atoms out of the cell
+    res = ev64.compute(structure(moved))[0]
+    assert abs(res.energy - ref.energy) < 1e-10 * abs(ref.energy)
+    np.testing.assert_allclose(res.forces, ref.forces, atol=1e-10)
+    perm = np.random.default_rng(1).permutation(len(atoms))
+    res = ev64.compute(structure(atoms[perm]))[0]
+    assert abs(res.energy - ref.energy) < 1e-10 * abs(ref.energy)
+    np.testing.assert_allclose(res.forces, ref.forces[perm], atol=1e-10)
+    np.testing.assert_allclose(res.energies, ref.energies[perm], atol=1e-10)
+
+
+def test_forces_are_minus_gradient(ev64):
+    atoms = small_water(6, seed=3)
+    res = ev64.compute(structure(atoms))[0]
+    h = 1e-5
+    rng = np.random.default_rng(0)
+    for atom in rng.choice(len(atoms), 5, replace=False):
+        for axis in range(3):
+            plus, minus = atoms.copy(), atoms.copy()
+            plus.positions[atom, axis] += h
+            minus.positions[atom, axis] -= h
+            fd = -(energy(ev64, plus) - energy(ev64, minus)) / (2 * h)
+            assert res.forces[atom, axis] == pytest.approx(fd, abs=1e-6, rel=1e-6)
+
+
+def test_virial_is_strain_derivative_on_triclinic_cell(ev64):
+    atoms = small_water(6, seed=4, triclinic=True)
+    res = ev64.compute(structure(atoms))[0]
+    h = 1e-5
+    numeric = np.zeros((3, 3))
+    for a in range(3):
+        for b in range(3):
+            out = []
+            for sign in (1, -1):
+                strain = np.eye(3)
+                # symmetric strain: the stress is the derivative w.r.t. symmetric strain
+                strain[a, b] += sign * h / 2
+                strain[b, a] += sign * h / 2
+                strained = atoms.copy()
+                strained.set_cell(atoms.cell.array @ strain, scale_atoms=True)
+                out.append(energy(ev64, strained))
+            numeric[a, b] = -(out[0] - out[1]) / (2 * h)
+    np.testing.assert_allclose(res.virial, numeric, atol=1e-6)
+
+
+def test_torque_diagnostic_is_net_torque_of_forces(ev64):
+    atoms = small_water(1, triclinic=False)
+    atoms.pbc = False
+    res = ev64.compute(structure(atoms))[0]
+    torque = np.cross(atoms.positions, res.forces).sum(0)
+    np.testing.assert_allclose(res.diagnostics["torque"], torque, atol=1e-10)
+    assert np.linalg.norm(torque) > 1e-6  # a non-equivariant model does exert a torque
+
+
+def test_torchscript_matches_eager():
+    model, cfg = tiny_pet(seed=2)
+    model = model.double()
+    scripted = torch.jit.script(model)
+    atoms = small_water(8, seed=5)
+    g = build_graph(atoms.numbers, atoms.positions, atoms.cell.array, True, cfg.cutoff, cfg.species)
+    args = [
+        torch.from_numpy(g.species),
+        torch.from_numpy(g.centers),
+        torch.from_numpy(g.neighbors),
+        torch.from_numpy(g.vectors),
+        torch.from_numpy(g.reverse),
+        torch.zeros(len(atoms), dtype=torch.long),
+        1,
+        torch.eye(3, dtype=torch.float64)[None],
+        torch.ones(1, dtype=torch.float64),
+    ]
+    a, b = model.compute(*args), scripted.compute(*args)
+    for key in ("energy", "forces", "virial", "atomic_energies"):
+        torch.testing.assert_close(a[key], b[key], rtol=1e-12, atol=1e-12)
+
+
+def test_model_is_not_rotation_invariant(ev64):
+    from scipy.spatial.transform import Rotation
+
+    atoms = small_water(8, seed=6)
+    e0 = energy(ev64, atoms)
+    rotated = atoms.copy()
+    rot = Rotation.from_euler("zyx", [0.3, 1.1, -0.4]).as_matrix()
+    rotated.set_cell(atoms.cell.array @ rot.T, scale_atoms=False)
+    rotated.positions = atoms.positions @ rot.T
+    e1 = energy(ev64, rotated)
+    assert abs(e1 - e0) > 1e-8  # an untrained model: different; the shipped one: also close
+
+
+def test_smooth_cutoff_energy_is_continuous(ev64):
+    """One pair of atoms crossing the cutoff: no jump in energy (a hard cutoff would jump
+    by the pair's whole contribution)."""
+    from ase import Atoms
+
+    cutoff = ev64.cutoff
+    mol = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    energies = []
+    delta = 1e-6
+    for d in cutoff + delta * np.array([-3.0, -1.0, 1.0, 3.0]):
+        pos = np.vstack([mol, mol + [d + 0.96, 0.0, 0.0]])  # O-O distance d + 0.96: H1..O2 = d
+        atoms = Atoms("OH2OH2", positions=pos, cell=[50, 50, 50], pbc=False)
+        energies.append(energy(ev64, atoms))
+    # The whole molecule moves, so E has a slope; what must not be there is a step in
+    # the middle interval, where the pair crosses the cutoff.
+    steps = np.diff(energies)
+    assert abs(steps[1] - steps[0]) < 1e-8 and abs(steps[1] - steps[2]) < 1e-8
+
+
+def test_export_metadata_and_errors(model_file, tmp_path):
+    loaded = load_model(model_file)
+    meta = loaded.metadata
+    assert meta.species == [1, 8]
+    assert meta.receptive_field == pytest.approx(meta.cutoff * meta.config["n_mp_layers"])
+    assert meta.torch_version == torch.__version__.split("+")[0]
+    assert meta.units == {"length": "angstrom", "energy": "eV"}
+
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        load_model("no-such-model")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match="corrupt.pt"):
+        load_model(corrupt)
+    # Same archive, metadata claiming another torch version.
+    other = tmp_path / "other.pt"
+    module = torch.jit.load(str(model_file))
+    bad = json.loads(meta.to_json()) | {"torch_version": "1.13.1"}
+    torch.jit.save(module, str(other), _extra_files={"metadata.json": json.dumps(bad)})
+    with pytest.raises(RuntimeError, match="torch 1.13.1"):
+        load_model(other)
+
+
+def test_unknown_species_is_named(ev64):
+    from ase import Atoms
+
+    atoms = Atoms("OH2Na", positions=np.random.default_rng(0).uniform(0, 5, (4, 3)), pbc=False)
+    with pytest.raises(ValueError, match=r"atom 3 is Na"):
+        ev64.compute(structure(atoms))
