@@ -1,0 +1,139 @@
+"""Command-line front ends for i-PI: ``symbreak serve``, ``control``, ``ipi-pes-path``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_PREFIX = "/tmp/ipi_"  # i-PI's own default sockets prefix (path = prefix + address)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model to i-PI as a socket client",
+        description="Connect to an i-PI server and answer its force requests with a symbreak "
+        "model, plain or rotationally averaged. The averaging can also be set per <ffsocket> "
+        "(<parameters>{average: lebedev:5, inversion: true}</parameters>) and changed while "
+        "running with `symbreak control`.",
+    )
+    p.add_argument("--model", default="water-revpbe0d3", help="shipped model name or file")
+    p.add_argument(
+        "--template",
+        help="structure file (any ASE format) giving the atomic species in i-PI's order "
+        "(i-PI does not send them); usually i-PI's initial structure",
+    )
+    p.add_argument("--species", help="alternative to --template: e.g. 'O,H,H,O,H,H'")
+    p.add_argument("--address", required=True, help="i-PI <address> (socket name or host)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--unix", action="store_true", default=True, help="unix socket (default)")
+    mode.add_argument("--inet", action="store_true", help="TCP socket (--host/--port)")
+    p.add_argument("--host", help="inet: server host (default: --address)")
+    p.add_argument("--port", type=int, default=31415, help="inet: server port")
+    p.add_argument(
+        "--socket-prefix",
+        default=DEFAULT_PREFIX,
+        help=f"i-PI sockets_prefix / -S: socket = PREFIX + ADDRESS (default {DEFAULT_PREFIX})",
+    )
+    p.add_argument("--average", default="none", help="none | random | legendre:L | lebedev:L")
+    p.add_argument("--inversion", action="store_true", help="add the inversion (O(3))")
+    p.add_argument("--seed", type=int, help="seed of the random rotations")
+    p.add_argument("--rotation-batch", type=int, help="rotations per model call (memory bound)")
+    p.add_argument("--no-pbc", action="store_true", help="gas phase: ignore the box")
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--connect-timeout", type=float, default=120.0, help="seconds to wait for i-PI")
+    p.add_argument("--no-control", action="store_true", help="no run-time control socket")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_serve)
+
+    c = subparsers.add_parser(
+        "control",
+        help="change the averaging of running symbreak clients",
+        description="Change (or query) the averaging policy of the running `symbreak serve` "
+        "clients of an address; applies from their next force request.",
+    )
+    c.add_argument("--address", required=True)
+    c.add_argument("--socket-prefix", default=DEFAULT_PREFIX)
+    c.add_argument("--average", help="none | random | legendre:L | lebedev:L")
+    c.add_argument("--inversion", action=argparse.BooleanOptionalAction, default=None)
+    c.add_argument("--seed", type=int)
+    c.add_argument("--query", action="store_true", help="print the current state only")
+    c.add_argument("--wait", type=float, default=5.0, help="seconds to wait for it to apply")
+    c.set_defaults(func=_control)
+
+    q = subparsers.add_parser(
+        "ipi-pes-path",
+        help="print the path of the in-process i-PI potential file",
+        description="Print the path of symbreak's i-PI PES file, for "
+        "<ffdirect><pes>custom</pes><pes_path>…</pes_path> and i-pi-py_driver -m custom -P.",
+    )
+    q.set_defaults(func=lambda args: print(pes_path()) or 0)
+
+
+def pes_path() -> Path:
+    return Path(__file__).with_name("ipi_pes.py")
+
+
+def _serve(args) -> int:
+    import torch
+
+    from .ipi_client import IPIClient
+    from .ipi_driver import SymbreakDriver
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="symbreak serve: %(message)s",
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        driver = SymbreakDriver(
+            model=args.model,
+            template=args.template,
+            species=args.species,
+            average=args.average,
+            inversion=args.inversion,
+            seed=args.seed,
+            rotation_batch=args.rotation_batch,
+            pbc=not args.no_pbc,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"symbreak serve: {err}", file=sys.stderr)
+        return 1
+    client = IPIClient(
+        driver,
+        address=args.address,
+        unix=not args.inet,
+        host=args.host,
+        port=args.port,
+        sockets_prefix=args.socket_prefix,
+        connect_timeout=args.connect_timeout,
+        control=not args.no_control,
+    )
+    code = client.run()
+    if code not in (0, None) and client.error:
+        print(f"symbreak serve: {client.error}", file=sys.stderr)
+    return code
+
+
+def _control(args) -> int:
+    from .control import ControlError, send_control
+
+    policy = {
+        k: v
+        for k, v in (("average", args.average), ("inversion", args.inversion), ("seed", args.seed))
+        if v is not None
+    }
+    try:
+        if args.query or not policy:
+            reply = send_control(args.address, args.socket_prefix, query=True)
+        else:
+            reply = send_control(args.address, args.socket_prefix, wait=args.wait, **policy)
+    except (ControlError, ValueError) as err:
+        print(f"symbreak control: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply, indent=1))
+    return 0 if reply.get("ok") else 1
