@@ -1,0 +1,113 @@
+"""Water molecules found by distance, whatever the atom order and wrapping."""
+
+import numpy as np
+import pytest
+
+from symbreak.analysis.io import abc_to_cell
+from symbreak.analysis.molecules import (
+    MASS_H,
+    MASS_O,
+    find_waters,
+    minimum_image,
+    perpendicular_widths,
+    unwrap,
+    water_geometry,
+)
+
+from .synthetic import cubic_lattice, random_rotations, waters
+
+
+def _shuffled_wrapped_box(seed=0):
+    rng = np.random.default_rng(seed)
+    cell = abc_to_cell(9.5, 10.0, 10.5, 75.0, 100.0, 65.0)  # strongly triclinic
+    centres = cubic_lattice(2, 3.4) + rng.uniform(-0.3, 0.3, (8, 3)) + 1.0
+    rots = random_rotations(8, rng)
+    x = waters(centres, rots)
+    symbols = np.array(["O", "H", "H"] * 8)
+    perm = rng.permutation(len(x))  # shuffled atom i is original atom perm[i]
+    xs = x[perm]
+    # wrap every atom into the cell, then shift some by whole lattice vectors
+    s = xs @ np.linalg.inv(cell)
+    s = s - np.floor(s) + rng.integers(-2, 3, size=s.shape)
+    return symbols[perm], s @ cell, cell, x, centres, rots, perm
+
+
+def test_find_waters_after_shuffling_and_wrapping():
+    symbols, xs, cell, x, centres, rots, perm = _shuffled_wrapped_box()
+    w = find_waters(symbols, xs, cell, (True, True, True))
+    assert w.shape == (8, 3)
+    # map back to original indices: each molecule is {3k, 3k+1, 3k+2}, O first
+    orig = perm[w]
+    assert np.all(orig[:, 0] % 3 == 0)
+    assert sorted(map(tuple, np.sort(orig, axis=1))) == [
+        (3 * k, 3 * k + 1, 3 * k + 2) for k in range(8)
+    ]
+    geo = water_geometry(xs, cell, (True, True, True), w)
+    k = orig[:, 0] // 3
+    np.testing.assert_allclose(geo.bisector, rots[k][:, :, 2], atol=1e-12)
+    com_true = centres[k] + rots[k][:, :, 2] * 2 * MASS_H * 0.9572 * np.cos(np.deg2rad(52.26)) / (
+        MASS_O + 2 * MASS_H
+    )
+    d = minimum_image(geo.com - com_true, cell, (True, True, True))
+    np.testing.assert_allclose(d, 0, atol=1e-10)
+    np.testing.assert_allclose(np.linalg.norm(geo.oh, axis=-1), 0.9572, atol=1e-12)
+
+
+def test_without_minimum_image_the_wrapped_box_fails():
+    """Sanity check that the test above exercises periodicity."""
+    symbols, xs, cell, *_ = _shuffled_wrapped_box()
+    with pytest.raises(ValueError):
+        find_waters(symbols, xs, None)
+
+
+def test_find_waters_errors():
+    rng = np.random.default_rng(1)
+    x = waters(cubic_lattice(2, 4.0), random_rotations(8, rng))
+    sym = np.array(["O", "H", "H"] * 8)
+    assert find_waters(sym, x).tolist() == [[3 * k, 3 * k + 1, 3 * k + 2] for k in range(8)]
+    with pytest.raises(ValueError, match="not neutral"):
+        find_waters(sym[:-1], x[:-1])
+    far = x.copy()
+    far[1] = x[0] + 1.8 * (x[1] - x[0])  # O-H stretched to 1.72 Å
+    with pytest.raises(ValueError, match="from its nearest O"):
+        find_waters(sym, far)
+    with pytest.raises(ValueError, match="type map"):
+        find_waters(np.array(["X", "He", "He"]), x[:3])
+    # H3O+ / OH- pair: an H of molecule 1 moved next to O of molecule 0
+    swap = x.copy()
+    swap[4] = x[0] - 0.96 * (x[1] + x[2] - 2 * x[0]) / np.linalg.norm(x[1] + x[2] - 2 * x[0])
+    with pytest.raises(ValueError, match="exactly two"):
+        find_waters(sym, swap)
+
+
+def test_minimum_image_and_widths():
+    cell = abc_to_cell(6.0, 7.0, 8.0, 70.0, 110.0, 60.0)
+    w = perpendicular_widths(cell)
+    rng = np.random.default_rng(2)
+    d = rng.normal(size=(500, 3))
+    d *= (0.49 * w.min() * rng.uniform(size=500) / np.linalg.norm(d, axis=1))[:, None]
+    shifted = d + rng.integers(-3, 4, size=(500, 3)) @ cell
+    np.testing.assert_allclose(minimum_image(shifted, cell, [True] * 3), d, atol=1e-12)
+    # non-periodic z: no wrapping along c
+    slab = np.diag([6.0, 7.0, 0.0])
+    out = minimum_image(np.array([[5.0, 0.0, 30.0]]), slab, [True, True, False])
+    np.testing.assert_allclose(out, [[-1.0, 0.0, 30.0]])
+
+
+def test_unwrap_recovers_continuous_paths_fixed_and_fluctuating_cell():
+    rng = np.random.default_rng(3)
+    x = np.cumsum(rng.normal(0, 0.4, size=(300, 5, 3)), axis=0)
+    cell = abc_to_cell(5.0, 5.5, 6.0, 80.0, 95.0, 75.0)
+    s = x @ np.linalg.inv(cell)
+    wrapped = (s - np.floor(s)) @ cell
+    np.testing.assert_allclose(unwrap(wrapped, cell, [True] * 3), x - x[0] + wrapped[0], atol=1e-9)
+    # cell breathing by ±2 %: the unwrapped step is the true step minus the change of
+    # the previous image shift, n(t-1) (h(t) - h(t-1)) -- no jumps by whole cells
+    cells = cell[None] * (1 + 0.02 * np.sin(np.arange(300) / 10))[:, None, None]
+    sw = np.einsum("fni,fij->fnj", x, np.linalg.inv(cells))
+    n = np.floor(sw)
+    wrapped = np.einsum("fni,fij->fnj", sw - n, cells)
+    u = unwrap(wrapped, cells, [True] * 3)
+    expected = np.diff(x, axis=0) - np.einsum("fni,fij->fnj", n[:-1], np.diff(cells, axis=0))
+    np.testing.assert_allclose(np.diff(u, axis=0), expected, atol=1e-9)
+    assert np.abs(np.diff(u, axis=0) - np.diff(x, axis=0)).max() < 0.1
