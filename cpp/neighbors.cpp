@@ -544,37 +544,80 @@ void find_pairs(const Basis& basis, const Grid& grid, const std::vector<StencilR
     }
 }
 
-void write_pairs(const Basis& basis, const Grid& grid, const Workspace& ws,
+// Image shifts (integer and Cartesian) by image code, when there are few codes (the
+// usual case: cutoff below the box), so that phase 2 looks them up instead of decoding.
+struct ShiftTable {
+    std::vector<std::array<int32_t, 3>> s;
+    std::vector<Vec3> v;
+};
+
+ShiftTable make_shift_table(const Basis& basis, const Grid& grid) {
+    ShiftTable table;
+    const int b = grid.shift_bits;
+    if (3 * b > 12) return table;
+    const std::size_t n_codes = std::size_t(1) << (3 * b);
+    const uint64_t field = (uint64_t(1) << b) - 1;
+    table.s.resize(n_codes);
+    table.v.resize(n_codes);
+    for (uint64_t code = 0; code < n_codes; ++code) {
+        const int64_t s0 = static_cast<int64_t>(code >> (2 * b)) - grid.kmax;
+        const int64_t s1 = static_cast<int64_t>((code >> b) & field) - grid.kmax;
+        const int64_t s2 = static_cast<int64_t>(code & field) - grid.kmax;
+        table.s[code] = {static_cast<int32_t>(s0), static_cast<int32_t>(s1),
+                         static_cast<int32_t>(s2)};
+        table.v[code] = shift_vector(basis, s0, s1, s2);
+    }
+    return table;
+}
+
+void write_pairs(const Basis& basis, const Grid& grid, const ShiftTable& table, const Workspace& ws,
                  const std::vector<RawBuffer<uint64_t>>& keys, const int64_t* pair_start,
                  int64_t i_begin, int64_t i_end, NeighborList& out) {
     const int key_shift = 3 * grid.shift_bits;
     const uint64_t code_mask = (uint64_t(1) << key_shift) - 1;
     const uint64_t field_mask = (uint64_t(1) << grid.shift_bits) - 1;
     const int b = grid.shift_bits;
-    const double* wp = ws.wrapped.data();
-    const int32_t* off = ws.offset.data();
+    const bool use_table = !table.s.empty();
+    const double* __restrict wp = ws.wrapped.data();
+    const int32_t* __restrict off = ws.offset.data();
+    int64_t* __restrict out_i = out.i;
+    int64_t* __restrict out_j = out.j;
+    int32_t* __restrict out_s = out.shifts;
+    double* __restrict out_v = out.vectors;
     for (int64_t i = i_begin; i < i_end; ++i) {
-        const uint64_t* key = keys[ws.key_thread[i]].data() + ws.key_offset[i];
+        const uint64_t* __restrict key = keys[ws.key_thread[i]].data() + ws.key_offset[i];
         const int64_t n = ws.key_count[i];
-        int64_t p = pair_start[i];
+        const int64_t p0 = pair_start[i];
+        std::fill(out_i + p0, out_i + p0 + n, i);
         const double xi = wp[3 * i], yi = wp[3 * i + 1], zi = wp[3 * i + 2];
         const int32_t oi0 = off[3 * i], oi1 = off[3 * i + 1], oi2 = off[3 * i + 2];
-        for (int64_t q = 0; q < n; ++q, ++p) {
+        for (int64_t q = 0; q < n; ++q) {
+            const int64_t p = p0 + q;
             const uint64_t k = key[q];
             const int64_t j = static_cast<int64_t>(k >> key_shift);
             const uint64_t code = k & code_mask;
-            const int64_t s0 = static_cast<int64_t>(code >> (2 * b)) - grid.kmax;
-            const int64_t s1 = static_cast<int64_t>((code >> b) & field_mask) - grid.kmax;
-            const int64_t s2 = static_cast<int64_t>(code & field_mask) - grid.kmax;
-            const Vec3 sv = shift_vector(basis, s0, s1, s2);
-            out.i[p] = i;
-            out.j[p] = j;
-            out.shifts[3 * p] = static_cast<int32_t>(s0 + oi0 - off[3 * j]);
-            out.shifts[3 * p + 1] = static_cast<int32_t>(s1 + oi1 - off[3 * j + 1]);
-            out.shifts[3 * p + 2] = static_cast<int32_t>(s2 + oi2 - off[3 * j + 2]);
-            out.vectors[3 * p] = (wp[3 * j] + sv[0]) - xi;
-            out.vectors[3 * p + 1] = (wp[3 * j + 1] + sv[1]) - yi;
-            out.vectors[3 * p + 2] = (wp[3 * j + 2] + sv[2]) - zi;
+            int32_t s0, s1, s2;
+            Vec3 sv;
+            if (use_table) {
+                s0 = table.s[code][0];
+                s1 = table.s[code][1];
+                s2 = table.s[code][2];
+                sv = table.v[code];
+            } else {
+                s0 = static_cast<int32_t>(static_cast<int64_t>(code >> (2 * b)) - grid.kmax);
+                s1 = static_cast<int32_t>(static_cast<int64_t>((code >> b) & field_mask) -
+                                          grid.kmax);
+                s2 = static_cast<int32_t>(static_cast<int64_t>(code & field_mask) - grid.kmax);
+                sv = shift_vector(basis, s0, s1, s2);
+            }
+            out_j[p] = j;
+            out_s[3 * p] = s0 + oi0 - off[3 * j];
+            out_s[3 * p + 1] = s1 + oi1 - off[3 * j + 1];
+            out_s[3 * p + 2] = s2 + oi2 - off[3 * j + 2];
+            // same operations as the distance test of phase 1: (x_j + s) - x_i
+            out_v[3 * p] = (wp[3 * j] + sv[0]) - xi;
+            out_v[3 * p + 1] = (wp[3 * j + 1] + sv[1]) - yi;
+            out_v[3 * p + 2] = (wp[3 * j + 2] + sv[2]) - zi;
         }
     }
 }
@@ -873,8 +916,10 @@ void compute_neighbor_list(const double* positions, std::size_t n_atoms, const d
     if (n_threads <= 0) {
         n_threads = N < 4096 ? 1 : static_cast<int>(std::thread::hardware_concurrency());
     }
+    // Below a few thousand atoms, starting threads (and waiting for the slowest one on a
+    // busy machine) costs more than it saves.
     n_threads =
-        std::max(1, std::min({n_threads, 64, static_cast<int>(std::max<int64_t>(N / 256, 1))}));
+        std::max(1, std::min({n_threads, 64, static_cast<int>(std::max<int64_t>(N / 2048, 1))}));
 
     // Phase 1: keys, threads over contiguous bin ranges holding ~equal numbers of atoms.
     ws.key_offset.resize(n_atoms);
@@ -930,9 +975,10 @@ void compute_neighbor_list(const double* positions, std::size_t n_atoms, const d
                         pair_start.data() - 1;
         atom_split[t] = std::max(atom_split[t], atom_split[t - 1]);
     }
+    const ShiftTable table = make_shift_table(basis, grid);
     run_threads(n_threads, [&](int t) {
-        write_pairs(basis, grid, ws, keys, pair_start.data(), atom_split[t], atom_split[t + 1],
-                    result);
+        write_pairs(basis, grid, table, ws, keys, pair_start.data(), atom_split[t],
+                    atom_split[t + 1], result);
     });
     out.n_pairs = result.n_pairs;
     out.i = oi.release();

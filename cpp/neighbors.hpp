@@ -40,7 +40,8 @@ void free_neighbor_list(NeighborList& list);
 struct NeighborOptions {
     double cutoff = 0.0;  // Å, finite, >= 0
     bool full_list = true;
-    // 0: automatic (one thread for small systems, else std::thread::hardware_concurrency)
+    // at most one thread per 2048 atoms; 0: automatic (one thread below 4096 atoms, else
+    // std::thread::hardware_concurrency). The result does not depend on it.
     int n_threads = 1;
     // bins per cutoff length (bin width ~ cutoff / this); 0: automatic. Only changes the
     // speed, never the result: exposed so that tests can cover every stencil shape.

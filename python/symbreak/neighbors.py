@@ -53,8 +53,9 @@ def neighbor_list(
         cutoff: Å, >= 0; pairs with distance strictly below it are kept.
         full_list: True: both (i, j, S) and (j, i, -S). False: each pair once, the one
             with i < j (for i == j the one with S lexicographically positive).
-        n_threads: threads to use, at most one per 256 atoms; 0 picks automatically
-            (1 below 4096 atoms, else one per core). The result does not depend on it.
+        n_threads: threads to use, at most one per 2048 atoms (smaller systems run on
+            one); 0 picks automatically (1 below 4096 atoms, else one per core). The result
+            does not depend on it.
 
     Returns:
         ``(i, j, shifts, vectors)``: i and j int64 (P,), shifts int32 (P, 3), vectors
