@@ -696,6 +696,7 @@ class IPIClient:
                 f"non-finite position received from i-PI for atom index {i} "
                 f"(0-based; structure {b} of {nb}): {positions[b, i].tolist()}"
             )
+        getforce_read = self._take_consolidated_getforce()
         self.n_requests += 1
         self.policy.apply_pending(self.driver)
         try:
@@ -707,6 +708,32 @@ class IPIClient:
             raise DriverError(f"driver.compute failed: {type(exc).__name__}: {exc}") from exc
         self._reply = self._pack(results, nb, nat)
         self.n_structures += nb
+        if getforce_read:
+            reply, self._reply = self._reply, None
+            self._send(reply)
+
+    def _take_consolidated_getforce(self) -> bool:
+        """Read the GETFORCE that i-PI wrote right behind POSDATA (consolidated messages)
+        before computing, if it is already there; True if it was.
+
+        Then no unread bytes sit in the socket while the model runs, so if this process
+        is killed mid-computation the kernel closes the connection with an EOF instead of
+        a reset. ipi 3.3.1 re-queues the request of a client that closed (another client
+        can take over), but a reset raises ConnectionResetError in its polling thread,
+        which dies and leaves the simulation hanging forever.
+        """
+        previous = self._timeout_now
+        self._set_timeout(0.0)  # non-blocking: with a timeout, Python would wait for data
+        try:
+            head = self._sock.recv(HDRLEN, socket.MSG_PEEK)
+        except OSError:  # nothing there yet (EAGAIN), or an error the main loop will see
+            return False
+        finally:
+            self._set_timeout(previous)
+        if len(head) < HDRLEN or head.rstrip(b" \x00") != b"GETFORCE":
+            return False
+        self._recv_into(memoryview(self._hdr), "GETFORCE")
+        return True
 
     def _pack(self, results: Any, nb: int, nat: int) -> bytes:
         """Validate the driver's results and build the FORCEREADY reply (atomic units)."""

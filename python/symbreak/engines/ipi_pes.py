@@ -45,7 +45,9 @@ class SymbreakPES(Dummy_driver):
         for key in ("seed", "rotation_batch"):
             if key in options:
                 options[key] = int(options[key])
-        verbose = parse_bool(options.pop("verbose", False))
+        # i-PI's <ffdirect> always adds "verbosity" (its own verbosity.high) to the options
+        verbosity = options.pop("verbosity", False)
+        verbose = parse_bool(options.pop("verbose", verbosity))
         self.symbreak = SymbreakDriver(*args, **options)
         self.control = self.slot = None
         if control:
