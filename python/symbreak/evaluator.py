@@ -12,6 +12,7 @@ Units: Å, eV, eV/Å; virial in eV (-∂E/∂ε, not divided by the volume).
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,16 @@ from .rotations import AveragingPolicy
 
 # Token budget of one model call when rotation_batch is automatic: rotations are
 # chunked so that K_chunk × edges stays below this (bounds the memory of the batch).
-AUTO_EDGE_BUDGET = 400_000
+# The default-size PET needs ≈ 45 kB per rotated edge (≈ 100 kB under TorchScript's
+# optimised execution) for energy + forces: 32k edges ≈ 1.5–3.4 GB. Larger chunks gave
+# no speed-up on CPU (benchmarks/averaging.py); 400k edges (the first value) meant ≈ 40 GB.
+AUTO_EDGE_BUDGET = 32_768
+
+# TorchScript's optimising (profiling) executor made the default-size PET slower
+# (plain call 0.17 s vs 0.10 s, 192 atoms) and kept memory per rotation chunk alive
+# within a call (1536 atoms, 70 rotations one at a time: 8.9 GB peak instead of ≈ 1.6 GB):
+# run the scripted code without it. benchmarks/averaging.py --jit-optimize compares.
+JIT_OPTIMIZE = False
 
 
 @dataclass
@@ -71,7 +81,7 @@ class Evaluator:
     ``policy``: default averaging policy, e.g. ``"none"``, ``"lebedev:5+inv"``,
     ``"random+seed=3"`` or an :class:`AveragingPolicy`. ``rotation_batch``: rotations per
     model call (None: chosen from the system size). ``dtype``: torch.float32 (production)
-    or torch.float64 (tests, finite differences).
+    or torch.float64 (tests, finite differences); None: the precision of the model file.
     """
 
     def __init__(
@@ -79,12 +89,18 @@ class Evaluator:
         model: str | Path | LoadedModel = "water-revpbe0d3",
         policy: AveragingPolicy | str = "none",
         rotation_batch: int | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
     ):
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.module = self.model.module
+        if dtype is None:  # the model's own precision
+            first = next(self.module.parameters(), None)
+            dtype = first.dtype if first is not None else torch.float32
         if dtype == torch.float64:
-            self.module = self.module.double()
+            # .double() converts in place: convert a copy, as the loaded model may be
+            # shared with float32 evaluators (which would then fail on float64 weights).
+            with torch.no_grad():
+                self.module = copy.deepcopy(self.module).double()
         elif dtype != torch.float32:
             raise ValueError(f"dtype must be torch.float32 or torch.float64, not {dtype}")
         self.dtype = dtype
@@ -138,7 +154,7 @@ class Evaluator:
         n_edges = int(packed["centers"].shape[0])
         k = len(weights)
         batch = self.rotation_batch or max(1, min(k, AUTO_EDGE_BUDGET // max(n_edges, 1)))
-        with torch.set_grad_enabled(gradients):
+        with torch.set_grad_enabled(gradients), torch.jit.optimized_execution(JIT_OPTIMIZE):
             out = self.module.compute(
                 packed["species"],
                 packed["centers"],

@@ -14,6 +14,8 @@ import numpy as np
 
 from .neighbors import neighbor_list
 
+MIN_DISTANCE = 1e-4  # Å; closer atoms are an input error, not a structure
+
 
 @dataclass
 class Graph:
@@ -75,4 +77,11 @@ def build_graph(
     """Full neighbour list of a structure (positions [N,3] Å, cell rows = lattice vectors)."""
     idx = species_indices(np.asarray(numbers), species)
     i, j, s, v = neighbor_list(positions, cell, pbc, cutoff, full_list=True)
+    close = np.flatnonzero(np.einsum("ei,ei->e", v, v) < MIN_DISTANCE**2)
+    if close.size:
+        e = close[0]
+        raise ValueError(
+            f"atoms {i[e]} and {j[e]} (cell shift {s[e].tolist()}) are "
+            f"{np.linalg.norm(v[e]):.2e} Å apart: overlapping atoms"
+        )
     return Graph(idx, i, j, s, v, reverse_edges(i, j, s))

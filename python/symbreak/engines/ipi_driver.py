@@ -65,19 +65,6 @@ def read_species(template: str | Path | None, species: Sequence | None) -> np.nd
     return ase.io.read(str(path), 0).numbers
 
 
-def _evaluator(model: str | Path, rotation_batch: int | None) -> Evaluator:
-    """An evaluator in the model's own precision: a model exported in float64 (e.g. for
-    tight comparisons in tests) runs in float64, anything else in float32."""
-    import torch
-
-    from ..export import load_model
-
-    loaded = load_model(model)
-    first = next(loaded.module.parameters(), None)
-    dtype = torch.float64 if first is not None and first.dtype == torch.float64 else torch.float32
-    return Evaluator(loaded, rotation_batch=rotation_batch, dtype=dtype)
-
-
 class SymbreakDriver:
     """Evaluates i-PI requests (Å, eV) with a symbreak model and an averaging policy."""
 
@@ -94,7 +81,7 @@ class SymbreakDriver:
         evaluator: Evaluator | None = None,
     ):
         self.numbers = read_species(template, species)
-        self.evaluator = evaluator or _evaluator(model, rotation_batch)
+        self.evaluator = evaluator or Evaluator(model, rotation_batch=rotation_batch)
         self.pbc = bool(pbc)
         self._lock = threading.Lock()
         self.calls = 0

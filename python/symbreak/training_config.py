@@ -1,0 +1,69 @@
+"""Training hyperparameters (kept free of torch so the CLI starts fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    output: str = "model.pt"
+    workdir: str = "training"
+    seed: int = 0
+    n_test: int = 16
+    n_val: int = 8
+    epochs: int = 200
+    batch_size: int = 2  # structures per optimiser step
+    lr: float = 2e-3
+    lr_min: float = 2e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    ema_decay: float = 0.995
+    energy_weight_start: float = 10.0  # (eV/atom)^-2 relative to (eV/Å)^-2 for forces
+    energy_weight_end: float = 300.0
+    energy_weight_ramp: float = 0.3  # fraction of epochs over which it ramps
+    augment: bool = True  # random O(3) rotation per structure per step
+    threads: int = 0  # 0: torch's default
+    max_minutes: float = 0.0  # stop (after a checkpoint) when exceeded; 0: no limit
+    model: dict = field(default_factory=dict)  # PETConfig overrides
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a PET model on an extended XYZ file with energies and forces",
+        description="Train a PET model; writes the exported model, a metrics JSON, and "
+        "checkpoints (resume with --resume).",
+    )
+    defaults = TrainConfig()
+    p.add_argument("--data", required=True, help="extended XYZ with energies and forces")
+    p.add_argument("--output", default=defaults.output, help="exported model file")
+    p.add_argument("--workdir", default=defaults.workdir, help="checkpoints and history")
+    for name in (
+        "seed", "n_test", "n_val", "epochs", "batch_size", "lr", "lr_min", "warmup_steps",
+        "ema_decay", "energy_weight_start", "energy_weight_end", "threads", "max_minutes",
+    ):  # fmt: skip
+        value = getattr(defaults, name)
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    p.add_argument("--no-augment", action="store_true", help="train without random rotations")
+    p.add_argument(
+        "--model-config", default="{}", help="JSON PETConfig overrides, e.g. '{\"d_model\": 64}'"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from workdir/checkpoint.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    import json
+
+    from .training import Trainer
+
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    cfg = TrainConfig(**fields, augment=not args.no_augment, model=json.loads(args.model_config))
+    trainer = Trainer(cfg, progress=not args.quiet)
+    if args.resume:
+        trainer.load_checkpoint()
+    trainer.fit()
+    return 0
