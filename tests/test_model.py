@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import export_tiny, small_water, tiny_pet
 
+from helpers import export_tiny, small_water, tiny_pet
 from symbreak.evaluator import Evaluator, Structure
 from symbreak.export import load_model
 from symbreak.graph import build_graph

@@ -280,6 +280,7 @@ class Trainer:
                 eps = self.ema.atomic_energies(
                     batch.species, batch.centers, batch.neighbors, batch.vectors, batch.reverse
                 )
+                eps = eps.double() + self.ema.baseline_energies(batch.species)
                 energy = torch.zeros(len(chunk), dtype=eps.dtype).index_add(0, batch.structure, eps)
             residuals.append((batch.energy - energy.double()).numpy())
             counts += [np.bincount(s.graph.species, minlength=n_species) for s in chunk]

@@ -1,0 +1,85 @@
+"""Training: the loss goes down, resume continues exactly, the export round-trips."""
+
+from __future__ import annotations
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+
+from helpers import DATA
+from symbreak.training import Trainer, evaluate
+from symbreak.training_config import TrainConfig
+
+TINY = {"d_model": 16, "n_heads": 2, "d_ff": 32, "n_mp_layers": 2, "n_transformer_layers": 1}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.xyz"
+    ase.io.write(path, ase.io.read(DATA / "water_revpbe0d3_160.xyz", ":6"))
+    return path
+
+
+def config(data, workdir, **kw) -> TrainConfig:
+    base = dict(
+        data=str(data),
+        workdir=str(workdir),
+        output=str(workdir / "model.pt"),
+        n_test=1,
+        n_val=1,
+        epochs=4,
+        batch_size=2,
+        lr=3e-3,
+        warmup_steps=2,
+        threads=1,
+        model=dict(TINY),
+    )
+    return TrainConfig(**(base | kw))
+
+
+def test_a_few_steps_reduce_the_loss(tiny_data, tmp_path):
+    trainer = Trainer(config(tiny_data, tmp_path, batch_size=1), progress=False)
+    before = evaluate(trainer.model, trainer.train)["force_rmse_meV_A"]
+    for _ in range(6):
+        trainer.run_epoch()
+    after = evaluate(trainer.model, trainer.train)["force_rmse_meV_A"]
+    assert after < 0.9 * before
+
+
+def test_resume_continues_exactly(tiny_data, tmp_path):
+    straight = Trainer(config(tiny_data, tmp_path / "a", epochs=2), progress=False)
+    straight.fit()
+    first = Trainer(config(tiny_data, tmp_path / "b", epochs=2, max_minutes=1e-9), progress=False)
+    first.fit()  # stops after one epoch, with a checkpoint
+    assert first.epoch == 1
+    resumed = Trainer(config(tiny_data, tmp_path / "b", epochs=2), progress=False)
+    resumed.load_checkpoint()
+    resumed.fit()
+    for a, b in zip(
+        straight.ema.state_dict().values(), resumed.ema.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (tmp_path / "b" / "model.pt").is_file()
+    assert (tmp_path / "b" / "model.metrics.json").is_file()
+
+
+def test_export_reproduces_the_trained_model(tiny_data, tmp_path):
+    from symbreak.evaluator import Evaluator, Structure
+
+    trainer = Trainer(config(tiny_data, tmp_path, epochs=1), progress=False)
+    trainer.fit()
+    ev = Evaluator(tmp_path / "model.pt")
+    atoms = ase.io.read(tiny_data, 0)
+    res = ev.compute(Structure.from_atoms(atoms))[0]
+    from symbreak.training import collate, predict
+
+    sample = trainer.train[0] if trainer.split["train"][0] == 0 else None
+    if sample is None:
+        from symbreak.training import make_samples
+
+        sample = make_samples([atoms], trainer.model_cfg.species, trainer.model_cfg.cutoff)[0]
+    energy, forces = predict(trainer.ema, collate([sample], None), create_graph=False)
+    assert res.energy == pytest.approx(energy[0].item(), abs=1e-3)
+    np.testing.assert_allclose(res.forces, forces.detach().numpy(), atol=1e-4)
+    assert ev.model.metadata.training["data_sha256"] == trainer.fingerprint
