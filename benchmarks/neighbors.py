@@ -25,7 +25,7 @@ from ase.neighborlist import primitive_neighbor_list
 
 from symbreak.neighbors import neighbor_list
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the checkout
 ASE_LIMIT_S = 10.0  # skip ASE where one call would take longer than this (predicted)
 
 

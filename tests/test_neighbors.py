@@ -16,7 +16,7 @@ from symbreak.neighbors import neighbor_list
 
 vesin = pytest.importorskip("vesin")
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the checkout
 # Pairs this close to the cutoff may legitimately differ between implementations
 # (the last bits of |r| depend on the order of operations).
 BOUNDARY = 1e-9
