@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-PYTHON_SRC = REPO / "python"
 _BIN = Path(sys.executable).parent
 
 
@@ -48,11 +47,9 @@ def _which(cmd: str) -> str:
 
 
 def subprocess_env() -> dict[str, str]:
-    """Environment for subprocesses: our sources importable, one thread per process."""
+    """Environment for subprocesses: one thread per process. symbreak comes from the
+    installed package (the source tree lacks the compiled extension), as for a user."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(PYTHON_SRC)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONUNBUFFERED"] = "1"
     return env
