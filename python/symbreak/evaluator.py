@@ -32,10 +32,10 @@ from .rotations import AveragingPolicy
 # no speed-up on CPU (benchmarks/averaging.py); 400k edges (the first value) meant ≈ 40 GB.
 AUTO_EDGE_BUDGET = 32_768
 
-# TorchScript's optimising (profiling) executor made the default-size PET slower
-# (plain call 0.17 s vs 0.10 s, 192 atoms) and kept memory per rotation chunk alive
-# within a call (1536 atoms, 70 rotations one at a time: 8.9 GB peak instead of ≈ 1.6 GB):
-# run the scripted code without it. benchmarks/averaging.py --jit-optimize compares.
+# TorchScript's optimising (profiling) executor makes the default-size PET slower and
+# hungrier on CPU (benchmarks/averaging.py --jit-optimize: CPU time of a plain call
+# +55 % at 192 atoms, +35 % at 1536; peak RSS of 1536 atoms x 70 rotations 8.9 GB
+# instead of 6.1 GB): run the scripted code without it.
 JIT_OPTIMIZE = False
 
 
