@@ -16,7 +16,12 @@ from . import __version__
 
 # Modules that contribute subcommands (imported lazily so `symbreak --help` stays fast
 # and a broken optional front end cannot break the others).
-SUBCOMMAND_MODULES: list[str] = ["training_config", "engines.ipi_commands", "analysis.cli"]
+SUBCOMMAND_MODULES: list[str] = [
+    "training_config",
+    "engines.ipi_commands",
+    "engines.launcher",
+    "analysis.cli",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

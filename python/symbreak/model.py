@@ -276,7 +276,7 @@ class PET(nn.Module):
         atomic = baseline.clone()
         grad = torch.zeros(n_edges, 3, dtype=dtype, device=device)
         forces = torch.zeros(n_atoms, 3, dtype=dtype, device=device)
-        forces_sq = torch.zeros(n_atoms, dtype=dtype, device=device)
+        forces_sq = torch.zeros(n_atoms, dtype=f64, device=device)  # a difference of squares
         base = vectors.detach()
         for start in range(0, n_rot, chunk):
             stop = min(start + chunk, n_rot)
@@ -313,7 +313,7 @@ class PET(nn.Module):
                 f_k = f_k.index_add(1, centers, g_back).index_add(1, neighbors, -g_back)
                 forces = forces + f_k.sum(0)
                 safe_w = torch.where(w > 0, w, torch.ones_like(w))
-                forces_sq = forces_sq + ((f_k**2).sum(2) / safe_w[:, None]).sum(0)
+                forces_sq = forces_sq + ((f_k.to(f64) ** 2).sum(2) / safe_w.to(f64)[:, None]).sum(0)
         structure_baseline = torch.zeros(n_structures, dtype=f64, device=device)
         structure_baseline = structure_baseline.index_add(0, structure, baseline)
         energy_rot = energy_rot + structure_baseline[:, None]
