@@ -8,6 +8,7 @@ from importlib import resources
 import numpy as np
 import pytest
 from scipy.special import sph_harm_y
+
 from symbreak.rotations import (
     LEBEDEV_ORDERS,
     AveragingPolicy,
