@@ -61,8 +61,8 @@ class SymbreakCalculator(Calculator):
     different ones here is an error). ``average``/``inversion``/``seed``: the averaging
     policy (see :func:`make_policy`); ``"random"`` draws a new rotation at every
     calculation, from a generator seeded with ``seed``. ``rotation_batch``: rotations per
-    model call (None: automatic). ``dtype``: torch.float32 (None, the default) or
-    torch.float64.
+    model call (None: automatic). ``dtype``: torch.float32 or torch.float64 (None: the
+    precision of the model file, float32 for the shipped models).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -88,9 +88,7 @@ class SymbreakCalculator(Calculator):
                 )
             self.evaluator = model
         else:
-            self.evaluator = Evaluator(
-                model, rotation_batch=rotation_batch, dtype=dtype or torch.float32
-            )
+            self.evaluator = Evaluator(model, rotation_batch=rotation_batch, dtype=dtype)
         self.policy = make_policy(average, inversion, seed)
 
     def set_average(
