@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "training_config",
     "engines.ipi_commands",
     "engines.launcher",
+    "engines.lammps",
     "analysis.cli",
 ]
 
