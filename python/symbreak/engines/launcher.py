@@ -1067,15 +1067,9 @@ class Launcher:
 
 
 def _is_live_unix(path: str) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(0.5)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
+    from .control import _is_live
+
+    return _is_live(path)
 
 
 def launch(input_path: str | Path, opts: LaunchOptions, stream: TextIO = sys.stderr) -> RunResult:
