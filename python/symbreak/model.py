@@ -74,12 +74,15 @@ class MLP(nn.Module):
 
 
 class CutoffAttentionBlock(nn.Module):
-    """Pre-norm transformer block over the tokens of each atom, [A, T, d].
+    """Pre-norm transformer block over the tokens of each atom.
 
-    ``log_weight`` [A, T] is added to the attention scores of each key token: log f_c
-    for neighbours, 0 for the central token, -inf for padding. The attention weight of a
-    neighbour is thus multiplied by f_c and renormalised (PET's cutoff attention); the
-    central token always has weight 1, so the normaliser is > 0.
+    Tokens are packed, ``x`` [P, d] (P = atoms + edges, no padding), so the per-token
+    layers (norms, projections, feed-forward: most of the work) never touch padding;
+    only the attention itself runs on the padded [A, T] layout, where packed token p sits
+    at ``slots[p]``. ``log_weight`` [A, T] is added to the attention scores of each key
+    token: log f_c for neighbours, 0 for the central token, -inf for padding. The
+    attention weight of a neighbour is thus multiplied by f_c and renormalised (PET's
+    cutoff attention); the central token always has weight 1, so the normaliser is > 0.
     """
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int):
@@ -92,14 +95,17 @@ class CutoffAttentionBlock(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.ff = MLP(d_model, d_ff, d_model)
 
-    def forward(self, x: Tensor, log_weight: Tensor) -> Tensor:
-        a, t, d = x.shape
-        qkv = self.qkv(self.norm1(x)).view(a, t, 3, self.n_heads, self.d_head)
-        qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, A, H, T, dh]
-        q, k, v = qkv[0], qkv[1], qkv[2]
+    def forward(self, x: Tensor, log_weight: Tensor, slots: Tensor) -> Tensor:
+        a, t = log_weight.shape
+        d = x.shape[1]
+        qkv = self.qkv(self.norm1(x))
+        padded = torch.zeros(a * t, 3 * d, dtype=x.dtype, device=x.device)
+        padded = padded.index_copy(0, slots, qkv).view(a, t, 3, self.n_heads, self.d_head)
+        padded = padded.permute(2, 0, 3, 1, 4)  # [3, A, H, T, dh]
+        q, k, v = padded[0], padded[1], padded[2]
         scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.d_head))
         w = torch.softmax(scores + log_weight[:, None, None, :], dim=-1)
-        h = torch.matmul(w, v).transpose(1, 2).reshape(a, t, d)
+        h = torch.matmul(w, v).transpose(1, 2).reshape(a * t, d)[slots]
         x = x + self.out(h)
         return x + self.ff(self.norm2(x))
 
@@ -215,15 +221,13 @@ class PET(nn.Module):
             central = layer.central_species(species)
             if not layer.first:
                 central = central + layer.node_in(node)
-            tokens = torch.zeros(
-                n_atoms * n_tokens, self.d_model, dtype=dtype, device=vectors.device
-            ).index_copy(0, slots, torch.cat([central, edge_tokens], dim=0))
-            tokens = tokens.view(n_atoms, n_tokens, self.d_model)
+            # Packed tokens: the central token of each atom, then its edges (sorted).
+            tokens = torch.cat([central, edge_tokens], dim=0)
             for block in layer.blocks:
-                tokens = block(tokens, token_log_weight)
+                tokens = block(tokens, token_log_weight, slots)
             tokens = layer.norm_out(tokens)
-            node = tokens[:, 0, :]
-            message = tokens.reshape(n_atoms * n_tokens, self.d_model)[flat]
+            node = tokens[:n_atoms]
+            message = tokens[n_atoms:]
             e_edge = layer.head_edge(message).squeeze(1) * fc_sorted
             energy = energy + layer.head_central(node).squeeze(1)
             energy = energy.index_add(0, centers_sorted, e_edge)
