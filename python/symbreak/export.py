@@ -102,4 +102,9 @@ def load_model(name_or_path: str | Path) -> LoadedModel:
             "running; TorchScript files are only supported by the torch version that wrote "
             "them: install that version or re-export the model"
         )
+    # Inference only needs gradients with respect to the inputs: with trainable weights,
+    # TorchScript's backward also computes every weight gradient (measured: ~2x the
+    # matrix products, 1.45x the time of an energy + forces call).
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
     return LoadedModel(module.eval(), meta, path)
