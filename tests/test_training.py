@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import ase.io
 import numpy as np
 import pytest
@@ -83,3 +85,20 @@ def test_export_reproduces_the_trained_model(tiny_data, tmp_path):
     assert res.energy == pytest.approx(energy[0].item(), abs=1e-3)
     np.testing.assert_allclose(res.forces, forces.detach().numpy(), atol=1e-4)
     assert ev.model.metadata.training["data_sha256"] == trainer.fingerprint
+
+
+def test_new_schedule_restarts_warmup_and_cosine(tiny_data, tmp_path):
+    first = Trainer(config(tiny_data, tmp_path, epochs=1), progress=False)
+    first.fit()
+    step, epoch = first.step, first.epoch
+    cfg = config(tiny_data, tmp_path, epochs=epoch + 3, lr=1e-3, warmup_steps=2)
+    again = Trainer(dataclasses.replace(cfg, new_schedule=True), progress=False)
+    again.load_checkpoint()
+    assert (again.step, again.epoch) == (step, epoch)  # the weights' history is kept
+    assert again.learning_rate(step) == pytest.approx(0.5e-3)  # warmup starts over
+    assert again.learning_rate(step + 2) == pytest.approx(1e-3)  # the new peak
+    end = step + 3 * again.steps_per_epoch
+    assert again.learning_rate(end) == pytest.approx(cfg.lr_min)
+    plain = Trainer(cfg, progress=False)
+    plain.load_checkpoint()  # without a new schedule: the old one, already decayed
+    assert plain.learning_rate(step) != pytest.approx(again.learning_rate(step))

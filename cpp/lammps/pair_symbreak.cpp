@@ -223,6 +223,9 @@ std::shared_ptr<Model> load_model(const std::string& path, const std::string& dt
                              "' is a float64 model: dtype float32 is not supported "
                              "for it (export it in float32)");
   }
+  // Forces need gradients with respect to the edge vectors only; with trainable weights
+  // TorchScript's backward would also compute every weight gradient (~1.45x the time).
+  for (auto p : model->module.parameters()) p.requires_grad_(false);
   // Other entries of the same file (an older version of it) are dropped.
   const std::string real = file_key(path).substr(0, file_key(path).find('|'));
   for (auto it = cache.begin(); it != cache.end();)

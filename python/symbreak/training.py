@@ -194,6 +194,9 @@ class Trainer:
         )
         self.epoch = 0
         self.step = 0
+        # (step, epoch) where the current warmup + cosine schedule began: (0, 0) unless a
+        # resumed run asked for a new schedule (``--new-schedule``).
+        self.schedule_start = (0, 0)
         self.history: list[dict] = []
         self.fingerprint = file_fingerprint(cfg.data)
         self.workdir = Path(cfg.workdir)
@@ -207,9 +210,11 @@ class Trainer:
 
     def learning_rate(self, step: int) -> float:
         cfg = self.cfg
+        start_step, start_epoch = self.schedule_start
+        step -= start_step
         if step < cfg.warmup_steps:
             return cfg.lr * (step + 1) / cfg.warmup_steps
-        total = max(cfg.epochs * self.steps_per_epoch - cfg.warmup_steps, 1)
+        total = max((cfg.epochs - start_epoch) * self.steps_per_epoch - cfg.warmup_steps, 1)
         t = min((step - cfg.warmup_steps) / total, 1.0)
         return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
 
@@ -301,6 +306,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "history": self.history,
+            "schedule_start": list(self.schedule_start),
             "torch_rng": torch.get_rng_state(),
         }
         tmp = self.checkpoint_path().with_suffix(".tmp")
@@ -314,6 +320,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = state["history"]
+        self.schedule_start = tuple(state.get("schedule_start", (0, 0)))
+        if self.cfg.new_schedule:  # continue the weights under a fresh warmup + cosine
+            self.schedule_start = (self.step, self.epoch)
         torch.set_rng_state(state["torch_rng"])
 
     # -- the whole run -----------------------------------------------------------------

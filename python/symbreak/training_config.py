@@ -25,6 +25,7 @@ class TrainConfig:
     energy_weight_ramp: float = 0.3  # fraction of epochs over which it ramps
     augment: bool = True  # random O(3) rotation per structure per step
     threads: int = 0  # 0: torch's default
+    new_schedule: bool = False  # on resume: a fresh warmup + cosine from here to `epochs`
     max_minutes: float = 0.0  # stop (after a checkpoint) when exceeded; 0: no limit
     model: dict = field(default_factory=dict)  # PETConfig overrides
 
@@ -51,6 +52,12 @@ def register(subparsers) -> None:
         "--model-config", default="{}", help="JSON PETConfig overrides, e.g. '{\"d_model\": 64}'"
     )
     p.add_argument("--resume", action="store_true", help="continue from workdir/checkpoint.pt")
+    p.add_argument(
+        "--new-schedule",
+        action="store_true",
+        help="with --resume: start a fresh warmup + cosine schedule (peak --lr) at the "
+        "checkpoint's epoch, ending at --epochs (weights, optimiser and history are kept)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_main)
 
@@ -61,6 +68,8 @@ def _main(args) -> int:
     from .training import Trainer
 
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    if args.new_schedule and not args.resume:
+        raise SystemExit("--new-schedule continues a run: use it with --resume")
     cfg = TrainConfig(**fields, augment=not args.no_augment, model=json.loads(args.model_config))
     trainer = Trainer(cfg, progress=not args.quiet)
     if args.resume:

@@ -1,0 +1,134 @@
+"""Cost of the model itself: energy + forces, ns/day, and achieved FLOP rate.
+
+For liquid water of 192, 1536 and 12288 atoms this times one plain energy + forces + virial
+evaluation through :class:`symbreak.evaluator.Evaluator` (neighbour list, graph, the
+exported TorchScript model, one backward pass: what every engine pays per MD step), and
+reports
+
+* the median wall time of ``--repeats`` calls after two warm-up calls, split into the
+  graph (neighbour list + bookkeeping) and the model;
+* ns/day at a 0.5 fs time step (64 H2O = 192 atoms, 512 H2O = 1536 atoms, 4096 H2O);
+* the floating-point work of one evaluation, counted by ``torch.utils.flop_counter`` on the
+  eager copy of the same model (matrix products of the forward and backward passes; the
+  elementwise work is not counted, so the rate is a lower bound), divided by the time:
+  the model's achieved GFLOP/s, next to two plain ``torch.mm`` peers measured in the same
+  run with the same threads: a large square float32 GEMM (the machine's practical limit)
+  and a GEMM of the model's own shape ([tokens, d_model] x [d_model, 3 d_model]).
+
+Usage: ``python benchmarks/model.py [--model water-revpbe0d3] [--sizes 192,1536,12288]
+[--threads 1] [--repeats 5]``; ``--model random`` uses a default-size random PET.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import export_random_model, water  # noqa: E402
+
+TIMESTEP_FS = 0.5
+
+
+def ns_per_day(seconds_per_step: float, timestep_fs: float = TIMESTEP_FS) -> float:
+    return timestep_fs * 1e-6 * 86400.0 / seconds_per_step
+
+
+def matmul_gflops(m: int, k: int, n: int, repeats: int = 5) -> float:
+    """Best-of GFLOP/s of a float32 [m, k] x [k, n] product."""
+    import torch
+
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * m * k * n / best / 1e9
+
+
+def model_flops(loaded, graph) -> float:
+    """Matrix-product FLOPs of one energy + forces evaluation of ``graph`` (eager copy)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from symbreak.model import PET, PETConfig
+
+    eager = PET(PETConfig(**loaded.metadata.config))
+    eager.load_state_dict(loaded.module.state_dict())
+    vectors = torch.from_numpy(graph.vectors).float().requires_grad_(True)
+    args = [torch.from_numpy(getattr(graph, k)).long() for k in ("species", "centers", "neighbors")]
+    reverse = torch.from_numpy(graph.reverse).long()
+    with FlopCounterMode(display=False) as counter:
+        energy = eager.atomic_energies(*args, vectors, reverse).sum()
+        torch.autograd.grad(energy, vectors)
+    return float(counter.get_total_flops())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="water-revpbe0d3", help="name, file, or 'random'")
+    p.add_argument("--sizes", default="192,1536,12288")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from symbreak.evaluator import Evaluator, Structure
+    from symbreak.export import load_model
+
+    model = args.model
+    if model == "random":
+        model = export_random_model(Path(tempfile.mkdtemp()) / "random.pt")
+    loaded = load_model(model)
+    ev = Evaluator(loaded, dtype=torch.float32)
+    d = int(loaded.metadata.config["d_model"])
+    square = matmul_gflops(2048, 2048, 2048)
+    print(
+        f"model {args.model}: {sum(p.numel() for p in loaded.module.parameters())} parameters, "
+        f"float32, {args.threads} thread(s), torch {torch.__version__}"
+    )
+    print(f"peer: torch.mm 2048x2048x2048 float32: {square:.0f} GFLOP/s\n")
+    header = (
+        f"{'atoms':>6} {'edges':>7} {'E+F (s)':>9} {'graph (s)':>9} {'ns/day':>7} "
+        f"{'GFLOP':>7} {'GFLOP/s':>8} {'mm same shape':>13} {'vs shape':>8} {'vs square':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for n in [int(s) for s in args.sizes.split(",")]:
+        s = Structure.from_atoms(water(n))
+        graph = ev.graph(s)
+        times, graph_times = [], []
+        for k in range(args.repeats + 2):
+            t0 = time.perf_counter()
+            ev.graph(s)
+            t1 = time.perf_counter()
+            ev.compute(s)
+            t2 = time.perf_counter()
+            if k >= 2:  # warm-up calls excluded
+                graph_times.append(t1 - t0)
+                times.append(t2 - t1)
+        t_graph = statistics.median(graph_times)
+        t_total = statistics.median(times)  # compute() builds its own graph: total per step
+        flops = model_flops(loaded, graph)
+        rate = flops / max(t_total - t_graph, 1e-12) / 1e9
+        tokens = n + len(graph.centers)
+        shaped = matmul_gflops(tokens, d, 3 * d)
+        print(
+            f"{n:>6} {len(graph.centers):>7} {t_total:>9.4f} {t_graph:>9.4f} "
+            f"{ns_per_day(t_total):>7.3f} {flops / 1e9:>7.2f} {rate:>8.1f} {shaped:>13.1f} "
+            f"{rate / shaped:>8.2f} {rate / square:>9.2f}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
