@@ -282,9 +282,9 @@ std::string table_orders(const std::string& family) {
 
 // As symbreak.evaluator: with an automatic rotation batch, rotated copies x edges per model call
 // stays below AUTO_EDGE_BUDGET (memory: ~45 kB per rotated edge for the default-size PET;
-// larger batches are not faster on CPU), and TorchScript's optimising executor is off
-// (JIT_OPTIMIZE: it made the default-size PET slower and hungrier on CPU).
-constexpr long kAutoEdgeBudget = 32768;
+// larger batches leave the cache and are slower on CPU), and TorchScript's optimising executor is
+// off (JIT_OPTIMIZE: it made the default-size PET slower and hungrier on CPU).
+constexpr long kAutoEdgeBudget = 8192;
 constexpr bool kJitOptimize = false;
 
 }  // namespace

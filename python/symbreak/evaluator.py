@@ -27,10 +27,13 @@ from .rotations import AveragingPolicy
 
 # Token budget of one model call when rotation_batch is automatic: rotations are
 # chunked so that K_chunk × edges stays below this (bounds the memory of the batch).
-# The default-size PET needs ≈ 45 kB per rotated edge (≈ 100 kB under TorchScript's
-# optimised execution) for energy + forces: 32k edges ≈ 1.5–3.4 GB. Larger chunks gave
-# no speed-up on CPU (benchmarks/averaging.py); 400k edges (the first value) meant ≈ 40 GB.
-AUTO_EDGE_BUDGET = 32_768
+# Rotated edges per model call when rotation_batch is not given. On CPU, larger chunks are
+# slower per rotation, not faster: the default-size PET keeps ≈ 45 kB of activations per
+# rotated edge for the backward pass, and once a chunk's working set leaves the cache
+# every layer streams it from memory (192 atoms, lebedev:3, 1 thread: batched/separate =
+# 0.89 with 2 rotations per call, 1.00 with 3, 1.15 with 6, 1.26 with 11;
+# benchmarks/averaging.py). 8192 edges ≈ 2 rotations of 64 H2O, ≈ 0.4 GB.
+AUTO_EDGE_BUDGET = 8_192
 
 # TorchScript's optimising (profiling) executor makes the default-size PET slower and
 # hungrier on CPU (benchmarks/averaging.py --jit-optimize: CPU time of a plain call
