@@ -392,3 +392,15 @@ def test_random_policy_is_seeded_and_draws_a_new_rotation_per_call(ev64):
     Rk = random_rotations(rng, 1)[0]
     expected = 0.5 * sum(energy(ev64, transformed(atoms, s * Rk), "none") for s in (1, -1))
     assert pair[0].energy == pytest.approx(expected, rel=1e-12)
+
+
+def test_random_policy_given_per_call_as_text_keeps_drawing(tmp_path):
+    """``compute(s, policy="random+seed=3")`` at every call continues one stream (as
+    ``set_policy``) rather than restarting the generator at each call."""
+    ev = Evaluator(export_tiny(tmp_path / "tiny.pt"), dtype=torch.float64)
+    s = Structure.from_atoms(small_water(6, seed=11, triclinic=True))
+    per_call = [ev.compute(s, policy="random+seed=3")[0].energy for _ in range(3)]
+    ev.set_policy("random+seed=3")
+    default = [ev.compute(s)[0].energy for _ in range(3)]
+    assert len(set(per_call)) == 3
+    assert per_call == default

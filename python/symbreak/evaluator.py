@@ -69,11 +69,22 @@ class Result:
     diagnostics: dict = field(default_factory=dict)
 
 
-def _as_policy(policy: AveragingPolicy | str | None, default: AveragingPolicy) -> AveragingPolicy:
+def _as_policy(
+    policy: AveragingPolicy | str | None,
+    default: AveragingPolicy,
+    parsed: dict[str, AveragingPolicy] | None = None,
+) -> AveragingPolicy:
+    """``policy`` as an :class:`AveragingPolicy` (None: ``default``). Text specs are parsed
+    once per ``parsed`` cache, so that a random policy given as text per call (e.g.
+    ``"random+seed=3"``) keeps drawing from one generator instead of restarting it."""
     if policy is None:
         return default
     if isinstance(policy, str):
-        return AveragingPolicy.parse(policy)
+        if parsed is None:
+            return AveragingPolicy.parse(policy)
+        if policy not in parsed:
+            parsed[policy] = AveragingPolicy.parse(policy)
+        return parsed[policy]
     return policy
 
 
@@ -111,6 +122,7 @@ class Evaluator:
         self.cutoff = float(self.model.metadata.cutoff)
         self.rotation_batch = rotation_batch
         self._lock = threading.Lock()  # policy changes may come from a control thread
+        self._parsed: dict[str, AveragingPolicy] = {}  # text specs of per-call policies
         self.policy = _as_policy(policy, AveragingPolicy())
         self.calls = 0
 
@@ -150,7 +162,7 @@ class Evaluator:
         if isinstance(structures, Structure):
             structures = [structures]
         with self._lock:
-            policy = _as_policy(policy, self.policy)
+            policy = _as_policy(policy, self.policy, self._parsed)
             rotations, weights = policy.rotations()
         graphs = [self.graph(s) for s in structures]
         packed = _pack(graphs, self.dtype)
