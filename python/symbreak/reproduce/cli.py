@@ -1,0 +1,90 @@
+"""``symbreak reproduce [--quick] [--out DIR] [--threads N]``: run the study's
+experiments and write ``DIR/reproduction.md`` (plots and per-experiment folders with
+the i-PI outputs and JSON summaries in ``DIR/reproduction/``).
+
+Exit code 0 when every experiment ran (some possibly stopped by their time limits:
+``partial``), 1 when one or more failed (the report says why), 2 for a usage error,
+130/143 when interrupted (the report then holds the experiments done so far).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``symbreak reproduce`` to the CLI."""
+    p = subparsers.add_parser(
+        "reproduce",
+        help="rerun the study's experiments and write a report (docs/reproduction.md)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny runs (a smoke test, < 5 min on 2 cores); default: the full runs (< 2 h)",
+    )
+    p.add_argument("--out", type=Path, default=Path("docs"), help="report folder (docs)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads per process (default: idle cores)"
+    )
+    p.add_argument("--model", default="water-revpbe0d3", help="shipped model name or file")
+    p.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated experiment numbers to run, e.g. 1,4 (default: all five)",
+    )
+    p.add_argument(
+        "--inputs", type=Path, default=None, help="the i-PI inputs folder (default: ipi_inputs/)"
+    )
+    p.set_defaults(func=_run)
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..engines.launcher import default_threads
+    from .experiments import EXPERIMENTS, FULL, QUICK, Context, run_experiment
+    from .inputs import DEFAULT_INPUTS, Interrupted
+    from .report import write_report
+
+    inputs = (args.inputs or DEFAULT_INPUTS).resolve()
+    if not (inputs / "molecule_nve" / "input.xml").is_file():
+        print(f"symbreak reproduce: no i-PI inputs in {inputs} (--inputs DIR)", file=sys.stderr)
+        return 2
+    try:
+        only = None if args.only is None else {int(k) for k in args.only.split(",")}
+    except ValueError:
+        print(f"symbreak reproduce: bad --only {args.only!r}", file=sys.stderr)
+        return 2
+    threads = args.threads or default_threads(1)
+    # i-PI and the clients inherit it: keeps numpy/OpenMP from oversubscribing the cores
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    settings = QUICK if args.quick else FULL
+    out = args.out.resolve()
+    ctx = Context(out, settings, model=args.model, threads=threads, inputs=inputs)
+    ctx.log(f"{settings.mode} reproduction, model {args.model}, {threads} thread(s), into {out}")
+    outcomes, code = [], 0
+    try:
+        for k, exp in enumerate(EXPERIMENTS, 1):
+            if only is None or k in only:
+                outcomes.append(run_experiment(ctx, k, exp))
+    except (Interrupted, KeyboardInterrupt) as err:
+        ctx.log(f"interrupted ({err}): writing the report of what is done")
+        code = 130
+    meta = {
+        "quick": settings.quick,
+        "model": args.model,
+        "threads": threads,
+        "elapsed": time.monotonic() - ctx.t0,
+        "host": f"{os.uname().nodename} ({os.cpu_count()} cores)",
+        "settings": settings.__dict__,
+    }
+    md = write_report(out, outcomes, meta)
+    failed = [o.key for o in outcomes if o.status == "failed"]
+    ctx.log(f"report: {md}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return code or (1 if failed else 0)
