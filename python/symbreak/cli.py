@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "engines.launcher",
     "engines.lammps",
     "analysis.cli",
+    "reproduce.cli",
 ]
 
 
