@@ -58,8 +58,10 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         only = None if args.only is None else {int(k) for k in args.only.split(",")}
+        if only is not None and not only <= set(range(1, len(EXPERIMENTS) + 1)):
+            raise ValueError
     except ValueError:
-        print(f"symbreak reproduce: bad --only {args.only!r}", file=sys.stderr)
+        print(f"symbreak reproduce: bad --only {args.only!r} (numbers 1 to 5)", file=sys.stderr)
         return 2
     threads = args.threads or default_threads(1)
     # i-PI and the clients inherit it: keeps numpy/OpenMP from oversubscribing the cores

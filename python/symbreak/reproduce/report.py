@@ -188,7 +188,13 @@ def render(outcomes: list[Outcome], meta: dict[str, Any]) -> str:
         head = f"{o.number}. {o.title}"
         out.append(f"| [{head}](#{_anchor(head)}) | {o.status} | {o.elapsed:.0f} s |")
     out.append("")
-    compared = [r for o in outcomes for t in o.tables for r in t.rows if _is_number(r.study)]
+    compared = [
+        Row(f"({o.number}) {r.quantity}", r.value, r.err, r.unit, r.study, r.note)
+        for o in outcomes
+        for t in o.tables
+        for r in t.rows
+        if _is_number(r.study)
+    ]
     if compared:
         out += ["## Ours next to the study's", "", markdown_table(compared), ""]
     for o in outcomes:
