@@ -303,7 +303,8 @@ class PET(nn.Module):
             ).view(k, n_atoms)
             e_k = torch.zeros(k, n_structures, dtype=dtype, device=device)
             e_k = e_k.index_add(1, structure, eps)
-            energy_rot[:, start:stop] = e_k.t().to(f64)
+            # detached: storing the graph-carrying e_k would keep every chunk's graph alive
+            energy_rot[:, start:stop] = e_k.detach().t().to(f64)
             atomic = atomic + (w[:, None] * eps).sum(0).detach().to(f64)
             if compute_gradients:
                 total = (w[:, None] * e_k).sum()
