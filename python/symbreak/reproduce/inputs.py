@@ -17,8 +17,18 @@ from pathlib import Path
 
 from ..engines.launcher import EXIT_OK, EXIT_TIMEOUT, LaunchOptions, launch, read_input
 
-#: the repository's runnable inputs (python/symbreak/reproduce/ → repo root)
-DEFAULT_INPUTS = Path(__file__).resolve().parents[3] / "ipi_inputs"
+
+def find_inputs() -> Path:
+    """The runnable i-PI inputs: installed with the package (``symbreak/ipi_inputs``, see
+    CMakeLists.txt), or the repository's ``ipi_inputs/`` when symbreak runs from a checkout
+    (editable install: python/symbreak/reproduce/ → repository root)."""
+    here = Path(__file__).resolve()
+    candidates = (here.parents[1] / "ipi_inputs", here.parents[3] / "ipi_inputs")
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+#: where ``symbreak reproduce`` reads its inputs unless given ``--inputs``
+DEFAULT_INPUTS = find_inputs()
 
 
 def policy_parameters(spec: str) -> str:
