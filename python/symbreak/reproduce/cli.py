@@ -85,8 +85,25 @@ def _run(args: argparse.Namespace) -> int:
         "elapsed": time.monotonic() - ctx.t0,
         "host": f"{os.uname().nodename} ({os.cpu_count()} cores)",
         "settings": settings.__dict__,
+        "model_accuracy": _model_accuracy(args.model),
     }
     md = write_report(out, outcomes, meta)
     failed = [o.key for o in outcomes if o.status == "failed"]
     ctx.log(f"report: {md}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return code or (1 if failed else 0)
+
+
+def _model_accuracy(model: str) -> str:
+    """One line on the model's own test errors (from its metadata), for the report."""
+    from ..export import load_model
+
+    try:
+        training = load_model(model).metadata.training
+        test = training["metrics"]["test"]
+    except (KeyError, OSError, RuntimeError, ValueError):
+        return "test errors not recorded in the model file"
+    return (
+        f"test force MAE {test['force_mae_meV_A']:.0f} meV/Å, energy MAE "
+        f"{test['energy_mae_meV_atom']:.1f} meV/atom after {training.get('steps', '?')} "
+        "training steps"
+    )

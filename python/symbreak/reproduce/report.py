@@ -175,7 +175,8 @@ def render(outcomes: list[Outcome], meta: dict[str, Any]) -> str:
     out += [
         f"- generated {meta.get('date')} in {meta.get('elapsed', 0.0):.0f} s on "
         f"{meta.get('host', 'this machine')}, {meta.get('threads')} torch thread(s) per process",
-        f"- model: `{meta.get('model')}`; the study's PET was larger and more accurate "
+        f"- model: `{meta.get('model')}` ({meta.get('model_accuracy', 'accuracy unknown')}); "
+        "the study's PET was larger and more accurate "
         "(force MAE 16.6 meV/Å), so its numbers are a reference for the size and direction "
         "of the effects, not values to match",
         '- study values from `DESIGN.md` ("Reference facts from the study"); `—`: the '
