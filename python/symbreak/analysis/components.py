@@ -17,14 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .report import new_figure, save_figure
-from .stats import block_average
-
-
-def _mean_err(x: np.ndarray, n_blocks: int) -> tuple[float, float]:
-    """Mean over all samples; standard error from ``n_blocks`` blocks (NaN if the series
-    is shorter than two samples per block)."""
-    err = block_average(x, n_blocks)[1] if len(x) >= 2 * n_blocks else float("nan")
-    return float(np.mean(x)), float(err)
+from .stats import mean_and_error
 
 
 @dataclass
@@ -39,8 +32,8 @@ class EnergyDifference:
     n_blocks: int
 
     def to_dict(self) -> dict:
-        mean, err = _mean_err(self.dE, self.n_blocks)
-        mae, mae_err = _mean_err(np.abs(self.dE), self.n_blocks)
+        mean, err = mean_and_error(self.dE, self.n_blocks)
+        mae, mae_err = mean_and_error(np.abs(self.dE), self.n_blocks)
         fl = self.dE - self.dE.mean()
         return {
             "definition": f"dE = [{self.averaged}] - [{self.plain}], per molecule",
@@ -103,7 +96,7 @@ def force_difference(
     """Statistics of F_averaged − F_plain, both (F, N, 3) eV/Å."""
     d = np.asarray(f_averaged, float) - np.asarray(f_plain, float)
     per_frame_mae = np.abs(d).mean(axis=(1, 2))
-    mae, err = _mean_err(per_frame_mae, n_blocks)
+    mae, err = mean_and_error(per_frame_mae, n_blocks)
     return ForceDifference(
         np.sqrt((d**2).mean(axis=(1, 2))),
         mae,

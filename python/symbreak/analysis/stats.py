@@ -117,3 +117,10 @@ def linear_fit(x, y, n_blocks: int | None = None) -> LinearFit:
     var = (n_blocks - 1) / n_blocks * np.sum((est - est.mean(axis=0)) ** 2, axis=0)
     err = np.sqrt(var)
     return LinearFit(slope, float(err[0]), intercept, float(err[1]), f"jackknife-{n_blocks}", n)
+
+
+def mean_and_error(x: np.ndarray, n_blocks: int) -> tuple[float, float]:
+    """Mean over all samples; standard error from ``n_blocks`` blocks (NaN if the series
+    is shorter than two samples per block)."""
+    err = block_average(x, n_blocks)[1] if len(x) >= 2 * n_blocks else float("nan")
+    return float(np.mean(x)), float(err)

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis.angular import analyse_angular_momentum, make_whole, plot_angular_momentum
-from ..analysis.components import _mean_err as block_mean_err  # NaN error when too short
 from ..analysis.components import energy_difference, force_difference
 from ..analysis.diffusion import diffusion
 from ..analysis.drift import conserved_drift
@@ -30,6 +29,7 @@ from ..analysis.io import Trajectory, load_trajectory, read_ipi_xyz, read_proper
 from ..analysis.molecules import find_waters, water_trajectory
 from ..analysis.orientation import orientation_free_energy, plot_orientation
 from ..analysis.rdf import rdf
+from ..analysis.stats import mean_and_error  # NaN error when too short
 from ..analysis.units import AMU_A2_PER_PS_IN_HBAR
 from .inputs import DEFAULT_INPUTS, Input, Interrupted, RunInfo, run_input
 from .report import STUDY, Outcome, Table, plot_overlay, write_outcome
@@ -804,7 +804,7 @@ def pimd(ctx: Context, o: Outcome) -> None:
         k0 = _skip(len(p), s.equilibration)
         for el, n in (("H", 128), ("O", 64)):
             k = 1e3 * p.get(f"kinetic_cv({el})", "energy")[k0:] / n
-            m, e = block_mean_err(k, _nblocks(len(k)))
+            m, e = mean_and_error(k, _nblocks(len(k)))
             tab.add(
                 f"K_cv({el}) per atom, {label}",
                 m,
