@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
     from tqdm import tqdm
 
-    from symbreak.analysis.molecules import find_waters, minimum_image
+    from symbreak.analysis.molecules import find_waters, water_geometry
     from symbreak.analysis.report import new_figure, save_figure
     from symbreak.ase import SymbreakCalculator
 
@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def bond_lengths(a, waters) -> np.ndarray:
-        d = a.positions[waters[:, 1:]] - a.positions[waters[:, :1]]
-        return np.linalg.norm(minimum_image(d, a.cell.array, a.pbc), axis=-1)
+        """Intramolecular O–H distances (M, 2) Å."""
+        oh = water_geometry(a.positions, a.cell.array, a.pbc, waters).oh
+        return np.linalg.norm(oh, axis=-1)
 
     def irregularity(a) -> float:
         try:
