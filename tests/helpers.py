@@ -62,5 +62,6 @@ def small_water(n_molecules: int = 8, seed: int = 0, triclinic: bool = True) -> 
     atoms.positions = atoms.positions % 7.0 + rng.normal(0, 0.02, (len(atoms), 3))
     return atoms
 
+
 # The project's shared data folder sits beside the checkout (CI clones it the same way).
 SHARED_DATA = REPO.parent / "shared" / "data"

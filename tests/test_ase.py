@@ -62,6 +62,12 @@ def test_default_float32_calculator_from_a_file(model_file, ev64):
         SymbreakCalculator(ev64, dtype=torch.float32)
     with pytest.raises(ValueError, match="rotation_batch"):
         SymbreakCalculator(ev64, rotation_batch=3)
+    with pytest.raises(ValueError, match="workers"):
+        SymbreakCalculator(ev64, workers=3)
+    # three parallel rotation workers give the same averaged results
+    atoms.calc = SymbreakCalculator(model_file, average="legendre:2", inversion=True, workers=3)
+    assert atoms.calc.evaluator.workers == 3
+    assert atoms.get_potential_energy() == pytest.approx(ref.energy, rel=1e-6)
 
 
 def test_calculators_share_one_loaded_model_in_both_precisions(model_file):

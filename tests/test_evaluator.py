@@ -10,6 +10,8 @@ cell h with lattice vectors as rows transform as X Rᵀ and h Rᵀ.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -324,6 +326,48 @@ def test_batched_structures_equal_separate_calls(loaded64):
         together = ev.compute(structures, "lebedev:3")
         for s, res in zip(structures, together, strict=True):
             _compare(res, ev.compute(s, "lebedev:3")[0])
+
+
+def test_parallel_rotation_workers_give_the_same_results(loaded64):
+    """Rotation groups on worker threads, merged, equal one sequential pass: weighted sums,
+    per-rotation energies in grid order, atomic energies with the baseline counted once."""
+    base = small_water(6, seed=7, triclinic=True)
+    other = small_water(4, seed=8, triclinic=False)
+    structures = [Structure.from_atoms(base), Structure.from_atoms(other)]
+    policy = "legendre:2+inv"  # K = 36; 5 workers get uneven groups (7 or 8 rotations)
+    ref = Evaluator(loaded64, workers=1, dtype=torch.float64).compute(structures, policy)
+    assert ref[0].diagnostics["energy_rot_std"] > 1e-4
+    for workers, batch in ((2, None), (5, 3), (36, 1), (64, None)):
+        ev = Evaluator(loaded64, workers=workers, rotation_batch=batch, dtype=torch.float64)
+        for res, expected in zip(ev.compute(structures, policy), ref, strict=True):
+            # atomic energies (≈ -435 eV) are summed group by group: a few ulps apart
+            _compare(res, expected, tol=TOL_E)
+        ev.close()
+
+
+def test_parallel_workers_leave_the_callers_thread_settings_alone(loaded64):
+    def fresh_thread_default() -> int:
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        return seen[0]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ev = Evaluator(loaded64, workers=2, dtype=torch.float64)
+        ev.compute(Structure.from_atoms(small_water(2, seed=1)), "lebedev:3")
+        assert ev._pool_shape == (2, 1)  # two workers with one intra-op thread each
+        per_worker = ev._pool.submit(torch.get_num_threads).result()
+        assert per_worker == 1
+        assert torch.get_num_threads() == 2
+        assert fresh_thread_default() == 2  # the workers' setting did not leak out
+        ev.close()
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="workers"):
+        Evaluator(loaded64, workers=0)
 
 
 @pytest.mark.parametrize("policy", ["lebedev:3", "legendre:2+inv"])

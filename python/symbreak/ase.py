@@ -61,8 +61,9 @@ class SymbreakCalculator(Calculator):
     different ones here is an error). ``average``/``inversion``/``seed``: the averaging
     policy (see :func:`make_policy`); ``"random"`` draws a new rotation at every
     calculation, from a generator seeded with ``seed``. ``rotation_batch``: rotations per
-    model call (None: automatic). ``dtype``: torch.float32 or torch.float64 (None: the
-    precision of the model file, float32 for the shipped models).
+    model call (None: automatic); ``workers``: rotation groups evaluated in parallel
+    threads (None: automatic, see :class:`Evaluator`). ``dtype``: torch.float32 or
+    torch.float64 (None: the precision of the model file, float32 for the shipped models).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -75,6 +76,7 @@ class SymbreakCalculator(Calculator):
         seed: int | None = None,
         rotation_batch: int | None = None,
         dtype: torch.dtype | None = None,
+        workers: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -86,9 +88,15 @@ class SymbreakCalculator(Calculator):
                     f"rotation_batch {rotation_batch} differs from the shared Evaluator's "
                     f"{model.rotation_batch}"
                 )
+            if workers is not None and workers != model.workers:
+                raise ValueError(
+                    f"workers {workers} differs from the shared Evaluator's {model.workers}"
+                )
             self.evaluator = model
         else:
-            self.evaluator = Evaluator(model, rotation_batch=rotation_batch, dtype=dtype)
+            self.evaluator = Evaluator(
+                model, rotation_batch=rotation_batch, dtype=dtype, workers=workers
+            )
         self.policy = make_policy(average, inversion, seed)
 
     def set_average(

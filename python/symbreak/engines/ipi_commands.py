@@ -42,6 +42,12 @@ def register(subparsers) -> None:
     p.add_argument("--inversion", action="store_true", help="add the inversion (O(3))")
     p.add_argument("--seed", type=int, help="seed of the random rotations")
     p.add_argument("--rotation-batch", type=int, help="rotations per model call (memory bound)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="rotation groups evaluated in parallel threads (default: one per torch thread "
+        "for small systems; 1: sequential)",
+    )
     p.add_argument("--no-pbc", action="store_true", help="gas phase: ignore the box")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--connect-timeout", type=float, default=120.0, help="seconds to wait for i-PI")
@@ -98,6 +104,7 @@ def _serve(args) -> int:
             inversion=args.inversion,
             seed=args.seed,
             rotation_batch=args.rotation_batch,
+            workers=args.workers,
             pbc=not args.no_pbc,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as err:

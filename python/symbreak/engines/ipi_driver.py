@@ -79,9 +79,12 @@ class SymbreakDriver:
         rotation_batch: int | None = None,
         pbc: bool = True,
         evaluator: Evaluator | None = None,
+        workers: int | None = None,
     ):
         self.numbers = read_species(template, species)
-        self.evaluator = evaluator or Evaluator(model, rotation_batch=rotation_batch)
+        self.evaluator = evaluator or Evaluator(
+            model, rotation_batch=rotation_batch, workers=workers
+        )
         self.pbc = bool(pbc)
         self._lock = threading.Lock()
         self.calls = 0

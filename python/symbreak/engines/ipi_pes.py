@@ -13,9 +13,10 @@ or with i-PI's Python driver over a socket::
     i-pi-py_driver -m custom -P /path/to/ipi_pes.py -o template=init.xyz,average=lebedev:3
 
 Options: ``model``, ``template`` (or ``species``), ``average``, ``inversion``, ``seed``,
-``rotation_batch``, ``pbc``, ``control`` (an address: opens the run-time control channel
-used by ``symbreak control --address``), ``sockets_prefix`` (of that channel). i-PI works
-in atomic units with cells as columns; this file converts to and from Å/eV and rows.
+``rotation_batch``, ``workers``, ``pbc``, ``control`` (an address: opens the run-time
+control channel used by ``symbreak control --address``), ``sockets_prefix`` (of that
+channel). i-PI works in atomic units with cells as columns; this file converts to and from
+Å/eV and rows.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class SymbreakPES(Dummy_driver):
         for key in ("inversion", "pbc"):
             if key in options:
                 options[key] = parse_bool(options[key])
-        for key in ("seed", "rotation_batch"):
+        for key in ("seed", "rotation_batch", "workers"):
             if key in options:
                 options[key] = int(options[key])
         # i-PI's <ffdirect> always adds "verbosity" (its own verbosity.high) to the options
