@@ -40,8 +40,10 @@ def config(data, workdir, **kw) -> TrainConfig:
     return TrainConfig(**(base | kw))
 
 
-def test_a_few_steps_reduce_the_loss(tiny_data, tmp_path):
-    trainer = Trainer(config(tiny_data, tmp_path, batch_size=1), progress=False)
+@pytest.mark.parametrize("autocast", ["none", "bf16"])
+def test_a_few_steps_reduce_the_loss(tiny_data, tmp_path, autocast):
+    cfg = config(tiny_data, tmp_path, batch_size=1, autocast=autocast)
+    trainer = Trainer(cfg, progress=False)
     before = evaluate(trainer.model, trainer.train)["force_rmse_meV_A"]
     for _ in range(6):
         trainer.run_epoch()

@@ -242,7 +242,9 @@ class Trainer:
             chunk = [self.train[k] for k in order[start : start + cfg.batch_size]]
             rot = random_rotations(rng, len(chunk)) if cfg.augment else None
             batch = collate(chunk, rot)
-            energy, forces = predict(self.model, batch, create_graph=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
+                energy, forces = predict(self.model, batch, create_graph=True)
+            forces = forces.float()  # the losses in float32 either way
             force_mse = ((forces - batch.forces) ** 2).mean()
             energy_mse = (((energy - batch.energy) / batch.n_atoms) ** 2).mean()
             loss = force_mse + w_energy * energy_mse
@@ -374,6 +376,7 @@ class Trainer:
             "epochs": self.epoch,
             "steps": self.step,
             "augment": self.cfg.augment,
+            "autocast": self.cfg.autocast,
             "seed": self.cfg.seed,
             "parameters": count_parameters(self.model),
             "metrics": metrics,

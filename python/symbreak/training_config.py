@@ -24,6 +24,10 @@ class TrainConfig:
     energy_weight_end: float = 300.0
     energy_weight_ramp: float = 0.3  # fraction of epochs over which it ramps
     augment: bool = True  # random O(3) rotation per structure per step
+    # "bf16": the training steps' matrix products in bfloat16 (torch.autocast on CPU; 1.4x
+    # faster steps on Zen 4, forces ~10 meV/Å RMS from float32); validation, test metrics
+    # and the exported model stay float32.
+    autocast: str = "none"
     threads: int = 0  # 0: torch's default
     new_schedule: bool = False  # on resume: a fresh warmup + cosine from here to `epochs`
     max_minutes: float = 0.0  # stop (after a checkpoint) when exceeded; 0: no limit
@@ -48,6 +52,13 @@ def register(subparsers) -> None:
         value = getattr(defaults, name)
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     p.add_argument("--no-augment", action="store_true", help="train without random rotations")
+    p.add_argument(
+        "--autocast",
+        choices=["none", "bf16"],
+        default=defaults.autocast,
+        help="bf16: training steps with bfloat16 matrix products (faster on CPUs with "
+        "AVX-512 BF16 or AMX; metrics and the exported model stay float32)",
+    )
     p.add_argument(
         "--model-config", default="{}", help="JSON PETConfig overrides, e.g. '{\"d_model\": 64}'"
     )
