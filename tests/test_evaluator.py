@@ -358,9 +358,8 @@ def test_parallel_workers_leave_the_callers_thread_settings_alone(loaded64):
     try:
         ev = Evaluator(loaded64, workers=2, dtype=torch.float64)
         ev.compute(Structure.from_atoms(small_water(2, seed=1)), "lebedev:3")
-        assert ev._pool_shape == (2, 1)  # two workers with one intra-op thread each
-        per_worker = ev._pool.submit(torch.get_num_threads).result()
-        assert per_worker == 1
+        assert ev._pool_workers == 2  # two workers with one intra-op thread each
+        assert ev._pool.submit(torch.get_num_threads).result() == 1
         assert torch.get_num_threads() == 2
         assert fresh_thread_default() == 2  # the workers' setting did not leak out
         ev.close()

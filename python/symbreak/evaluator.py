@@ -137,7 +137,7 @@ class Evaluator:
         self.rotation_batch = rotation_batch
         self.workers = workers
         self._pool: ThreadPoolExecutor | None = None
-        self._pool_shape = (0, 0)  # (workers, threads per worker) of the current pool
+        self._pool_workers = 0  # threads of the current pool
         self._lock = threading.Lock()  # policy changes may come from a control thread
         self._parsed: dict[str, AveragingPolicy] = {}  # text specs of per-call policies
         self.policy = _as_policy(policy, AveragingPolicy())
@@ -192,6 +192,10 @@ class Evaluator:
 
         def run(start: int, stop: int) -> dict[str, torch.Tensor]:
             """Rotations start..stop-1 (grad mode and the JIT flag are per thread)."""
+            if workers > 1:
+                # OpenMP's thread count is per thread, but MKL's is global and the caller
+                # restores it after each parallel call: set both at every task.
+                torch.set_num_threads(max(1, threads // workers))
             batch = self.rotation_batch or max(
                 1, min(stop - start, AUTO_EDGE_BUDGET // (workers * n_edges))
             )
@@ -213,7 +217,7 @@ class Evaluator:
         if workers == 1:
             out = run(0, k)
         else:
-            pool = self._worker_pool(workers, max(1, threads // workers))
+            pool = self._worker_pool(workers)
             try:
                 bounds = np.linspace(0, k, workers + 1).round().astype(int).tolist()
                 futures = [pool.submit(run, bounds[i], bounds[i + 1]) for i in range(workers)]
@@ -234,24 +238,19 @@ class Evaluator:
         # edge budget (large systems keep intra-op threads and the memory of one call)
         return max(1, min(k, threads, AUTO_EDGE_BUDGET // n_edges))
 
-    def _worker_pool(self, workers: int, threads_each: int) -> ThreadPoolExecutor:
-        if self._pool_shape != (workers, threads_each):
+    def _worker_pool(self, workers: int) -> ThreadPoolExecutor:
+        if self._pool_workers != workers:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
-            self._pool = ThreadPoolExecutor(
-                workers,
-                thread_name_prefix="symbreak-rotations",
-                initializer=torch.set_num_threads,  # per thread: OpenMP's count is per thread
-                initargs=(threads_each,),
-            )
-            self._pool_shape = (workers, threads_each)
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="symbreak-rotations")
+            self._pool_workers = workers
         return self._pool
 
     def close(self) -> None:
         """Stop the worker threads (they are also stopped at interpreter exit)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-            self._pool, self._pool_shape = None, (0, 0)
+            self._pool, self._pool_workers = None, 0
 
     def __call__(self, atoms, policy=None) -> Result:
         """Convenience: one ASE Atoms object."""
