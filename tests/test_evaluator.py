@@ -353,13 +353,26 @@ def test_parallel_workers_leave_the_callers_thread_settings_alone(loaded64):
         t.join()
         return seen[0]
 
+    class Recorder:
+        """Stands in for the scripted module: notes the torch threads of each task."""
+
+        def __init__(self, module):
+            self.module, self.seen = module, []
+            self.baseline = module.baseline
+
+        def compute(self, *args):
+            self.seen.append((threading.get_ident(), torch.get_num_threads()))
+            return self.module.compute(*args)
+
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         ev = Evaluator(loaded64, workers=2, dtype=torch.float64)
+        ev.module = Recorder(ev.module)
         ev.compute(Structure.from_atoms(small_water(2, seed=1)), "lebedev:3")
-        assert ev._pool_workers == 2  # two workers with one intra-op thread each
-        assert ev._pool.submit(torch.get_num_threads).result() == 1
+        # two rotation groups, each on a pool thread with one intra-op thread
+        assert len(ev.module.seen) == 2
+        assert all(tid != threading.get_ident() and n == 1 for tid, n in ev.module.seen)
         assert torch.get_num_threads() == 2
         assert fresh_thread_default() == 2  # the workers' setting did not leak out
         ev.close()
