@@ -90,27 +90,15 @@ def worker(case: dict) -> dict:
             forces += w[k] * (res.forces @ R[k])  # back to the lab frame: R_kᵀ F(R_k x)
             wall.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
-    k_total = len(w)
-    workers = ev._n_workers(k_total, n_edges, torch.get_num_threads())
-    auto_batch = max(1, min(-(-k_total // workers), _auto_budget() // (workers * n_edges)))
-    batched = case["mode"] == "batched"
     return {
         "n_edges": n_edges,
-        "k": k_total,
-        "effective_batch": (case["rotation_batch"] or auto_batch) if batched else 1,
-        "effective_workers": workers if batched else 1,
+        "k": len(w),
         "calls": len(wall),
         # best of n on both sides (the noise of shared machines only ever adds time)
         "wall": float(np.min(wall)),
         "cpu": float(np.min(cpu)),
         "peak_mb": _maxrss_mb() - rss0,
     }
-
-
-def _auto_budget() -> int:
-    from symbreak.evaluator import AUTO_EDGE_BUDGET
-
-    return AUTO_EDGE_BUDGET
 
 
 def run_case(case: dict) -> dict:
@@ -171,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
 
+    from symbreak.evaluator import rotation_plan
+
     tmp = tempfile.TemporaryDirectory(prefix="symbreak-bench-")
     model = args.model or str(export_random_model(Path(tmp.name) / "random-default.pt"))
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -205,16 +195,17 @@ def main(argv: list[str] | None = None) -> int:
             seen = set()
             for n_workers in workers:
                 for batch in batches:
-                    chunk_edges = (batch or 1) * sep["n_edges"] * (n_workers or 1)
+                    # the evaluator's own choice, known before running
+                    shape = rotation_plan(k, sep["n_edges"], args.threads, n_workers, batch)
+                    if shape in seen:  # 'auto' chose a shape already measured
+                        continue
+                    seen.add(shape)
+                    chunk_edges = shape[0] * shape[1] * sep["n_edges"]
                     if chunk_edges > args.max_chunk_edges:
                         print(f"{size:>6} {grid:>10} skipped: {chunk_edges} edges in flight")
                         continue
                     case = base | {"size": size, "grid": grid, "mode": "batched"}
-                    res = run_case(case | {"rotation_batch": batch, "workers": n_workers})
-                    shape = (res["effective_workers"], res["effective_batch"])
-                    if shape in seen:  # 'auto' chose a shape already measured
-                        continue
-                    seen.add(shape)
+                    res = run_case(case | {"rotation_batch": shape[1], "workers": shape[0]})
                     label_w = f"{shape[0]}" + ("*" if n_workers is None else "")
                     label_b = f"{shape[1]}" + ("*" if batch is None else "")
                     lead = (

@@ -358,7 +358,7 @@ def test_parallel_workers_leave_the_callers_thread_settings_alone(loaded64):
 
         def __init__(self, module):
             self.module, self.seen = module, []
-            self.baseline = module.baseline
+            self.baseline_energies = module.baseline_energies
 
         def compute(self, *args):
             self.seen.append((threading.get_ident(), torch.get_num_threads()))

@@ -183,10 +183,10 @@ class Evaluator:
             rotations, weights = policy.rotations()
         graphs = [self.graph(s) for s in structures]
         packed = _pack(graphs, self.dtype)
-        n_edges = max(int(packed["centers"].shape[0]), 1)
+        n_edges = int(packed["centers"].shape[0])
         k = len(weights)
         threads = torch.get_num_threads()
-        workers = self._n_workers(k, n_edges, threads)
+        workers, batch = rotation_plan(k, n_edges, threads, self.workers, self.rotation_batch)
         rotations = torch.from_numpy(np.ascontiguousarray(rotations))
         weights_t = torch.from_numpy(np.ascontiguousarray(weights))
 
@@ -196,9 +196,6 @@ class Evaluator:
                 # OpenMP's thread count is per thread, but MKL's is global and the caller
                 # restores it after each parallel call: set both at every task.
                 torch.set_num_threads(max(1, threads // workers))
-            batch = self.rotation_batch or max(
-                1, min(stop - start, AUTO_EDGE_BUDGET // (workers * n_edges))
-            )
             with torch.set_grad_enabled(gradients), torch.jit.optimized_execution(JIT_OPTIMIZE):
                 return self.module.compute(
                     packed["species"],
@@ -226,17 +223,9 @@ class Evaluator:
                 # The workers' torch.set_num_threads also set torch's default for threads
                 # started later: give it back the caller's value.
                 torch.set_num_threads(threads)
-            baseline = self.module.baseline[packed["species"]].to(torch.float64)
-            out = _merge(outs, baseline)
+            out = _merge(outs, self.module.baseline_energies(packed["species"]))
         self.calls += 1
         return _unpack(out, graphs, packed, policy, weights, gradients)
-
-    def _n_workers(self, k: int, n_edges: int, threads: int) -> int:
-        if self.workers is not None:
-            return max(1, min(self.workers, k))
-        # automatic: one worker per thread, as long as one rotation per worker fits the
-        # edge budget (large systems keep intra-op threads and the memory of one call)
-        return max(1, min(k, threads, AUTO_EDGE_BUDGET // n_edges))
 
     def _worker_pool(self, workers: int) -> ThreadPoolExecutor:
         if self._pool_workers != workers:
@@ -255,6 +244,27 @@ class Evaluator:
     def __call__(self, atoms, policy=None) -> Result:
         """Convenience: one ASE Atoms object."""
         return self.compute(Structure.from_atoms(atoms), policy)[0]
+
+
+def rotation_plan(
+    k: int,
+    n_edges: int,
+    threads: int,
+    workers: int | None = None,
+    rotation_batch: int | None = None,
+) -> tuple[int, int]:
+    """How K rotations of a graph with ``n_edges`` edges are evaluated with ``threads``
+    torch threads: (parallel worker threads, rotations per model call of each worker).
+    None picks automatically: one worker per thread while one rotation per worker fits
+    the edge budget (large systems keep intra-op threads and the memory of one call), and
+    chunks that keep the rotated edges in flight within the budget."""
+    n_edges = max(n_edges, 1)
+    if workers is None:
+        workers = min(threads, AUTO_EDGE_BUDGET // n_edges)
+    workers = max(1, min(workers, k))
+    if rotation_batch is None:
+        rotation_batch = min(-(-k // workers), AUTO_EDGE_BUDGET // (workers * n_edges))
+    return workers, max(1, rotation_batch)
 
 
 def _pack(graphs: list[Graph], dtype: torch.dtype) -> dict[str, torch.Tensor]:
