@@ -31,6 +31,7 @@ def tiny_pet(seed: int = 0, **overrides):
             for head in (layer.head_central, layer.head_edge):
                 head.fc2.weight.normal_(0.0, 0.3)
                 head.fc2.bias.normal_(0.0, 0.1)
+        model.pair.coefficients.normal_(0.0, 0.3)  # the radial prior, also non-trivial
         model.baseline.copy_(torch.tensor([-13.6, -430.0], dtype=torch.float64))
         model.energy_scale.fill_(1.0)
     return model, cfg

@@ -16,7 +16,17 @@ Architecture (per message-passing layer l = 1..L):
 * T pre-norm transformer blocks over the tokens of each atom, the attention weight of
   neighbour j multiplied by a smooth cutoff f_c(r_ij) and renormalised (so energies are
   continuous as atoms cross the cutoff);
-* readout: atomic energy += MLP(central token) + Σ_j f_c(r_ij) MLP(edge token).
+* readout: atomic energy += MLP(central token) + Σ_j e_ij, where the edge token gives
+  the coefficients of a radial B-spline basis, e_ij = Σ_n c_n(token) B_n(|r_ij|)
+  ("spline" readout); plus ½ φ(|r_ij|) of the pair prior;
+  PET's own readout, e_ij = f_c(r_ij) MLP(token), remains as ``edge_readout="cutoff"``.
+
+The radial pair prior φ (:mod:`symbreak.pair`) is a cubic spline per species pair fitted by
+least squares before training: it carries the stiff radial part of the energy (the O–H
+stretch), which a network of raw coordinates learns only after many steps. The B-spline
+readout gives the transformer the same stiff radial functions, modulated by each edge's
+environment (e.g. an O–H bond softened by a hydrogen bond). The prior is invariant; every
+token still reads raw Cartesian vectors, so the model is not equivariant.
 
 Rotational averaging is part of the exported code: :meth:`PET.compute` takes a stack of
 rotations [K, 3, 3] and weights [K], evaluates all K rotated copies of the edge vectors
@@ -32,6 +42,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .pair import PairPrior, n_basis
+
 
 @dataclass
 class PETConfig:
@@ -46,6 +58,15 @@ class PETConfig:
     n_mp_layers: int = 3
     n_transformer_layers: int = 2
     n_radial: int = 8
+    # Radial pair prior (symbreak.pair): species-pair cubic splines on [pair_r_min, cutoff]
+    # with knots every pair_spacing Å, fitted by least squares before training.
+    pair_prior: bool = True
+    pair_r_min: float = 0.5
+    pair_spacing: float = 0.1
+    # Edge readout: "spline" (each edge token gives coefficients of the pair spline's
+    # basis, e_ij = Σ_n c_n(token) B_n(r_ij)) or "cutoff"
+    # (e_ij = MLP(token) f_c(r_ij), PET's).
+    edge_readout: str = "spline"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,7 +150,11 @@ class MessagePassingLayer(nn.Module):
         )
         self.norm_out = nn.LayerNorm(d)
         self.head_central = MLP(d, d, 1)
-        self.head_edge = MLP(d, d, 1)
+        self.spline_readout = cfg.edge_readout == "spline"
+        if cfg.edge_readout not in ("spline", "cutoff"):
+            raise ValueError(f"edge_readout must be 'spline' or 'cutoff', not {cfg.edge_readout!r}")
+        n_out = n_basis(cfg.pair_r_min, cfg.cutoff, cfg.pair_spacing) if self.spline_readout else 1
+        self.head_edge = MLP(d, d, n_out)
         # Zero-initialised readouts: training starts from the baseline energy, with no
         # huge random forces to unlearn first.
         for head in (self.head_central, self.head_edge):
@@ -159,6 +184,8 @@ class PET(nn.Module):
         self.register_buffer("baseline", torch.zeros(len(cfg.species), dtype=torch.float64))
         self.register_buffer("energy_scale", torch.ones((), dtype=torch.float64))
         self.register_buffer("radial_freq", torch.arange(1, cfg.n_radial + 1) * math.pi)
+        self.use_pair = bool(cfg.pair_prior)
+        self.pair = PairPrior(len(cfg.species), cfg.cutoff, cfg.pair_r_min, cfg.pair_spacing)
 
     # -- core: atomic energies from edges ----------------------------------------------
 
@@ -210,6 +237,11 @@ class PET(nn.Module):
         # Token slots: central token of atom a at a * n_tokens, then its edges.
         slots = torch.cat([torch.arange(n_atoms, device=vectors.device) * n_tokens, flat])
 
+        # Edge readout basis: the pair spline's four local B-splines of each (sorted) edge.
+        r_sorted = r[order]
+        spline_interval, spline_values = self.pair.local_basis(r_sorted)
+        spline_columns = spline_interval[:, None] + torch.arange(4, device=vectors.device)
+
         energy = torch.zeros(n_atoms, dtype=dtype, device=vectors.device)
         node = torch.zeros(n_atoms, self.d_model, dtype=dtype, device=vectors.device)
         message = torch.zeros(n_edges, self.d_model, dtype=dtype, device=vectors.device)
@@ -228,10 +260,20 @@ class PET(nn.Module):
             tokens = layer.norm_out(tokens)
             node = tokens[:n_atoms]
             message = tokens[n_atoms:]
-            e_edge = layer.head_edge(message).squeeze(1) * fc_sorted
+            head = layer.head_edge(message)
+            if layer.spline_readout:
+                # Coefficients padded by three zeros each side, as in PairPrior.
+                coef = torch.nn.functional.pad(head, (3, 3))
+                e_edge = (coef.gather(1, spline_columns) * spline_values).sum(1)
+            else:
+                e_edge = head.squeeze(1) * fc_sorted
             energy = energy + layer.head_central(node).squeeze(1)
             energy = energy.index_add(0, centers_sorted, e_edge)
-        return self.energy_scale.to(dtype) * energy
+        energy = self.energy_scale.to(dtype) * energy
+        if self.use_pair:  # full edge list: each pair twice, half to each atom
+            pair_energy = self.pair.edge_energies(species, centers, neighbors, r)
+            energy = energy.index_add(0, centers, 0.5 * pair_energy)
+        return energy
 
     # -- the exported entry point: rotations, averaging, gradients ----------------------
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .graph import Graph, build_graph
 from .model import PET, PETConfig, count_parameters
+from .pair import fit_pair_prior
 from .rotations import random_rotations
 from .training_config import TrainConfig
 
@@ -185,9 +186,18 @@ class Trainer:
         self.val = [samples[k] for k in self.split["val"]]
         self.test = [samples[k] for k in self.split["test"]]
         self.model = PET(self.model_cfg)
-        self.model.baseline.copy_(torch.from_numpy(composition_baseline(self.train, len(species))))
         forces = np.concatenate([s.forces for s in self.train])
-        self.model.energy_scale.fill_(float(np.sqrt((forces**2).mean())))
+        force_rms = float(np.sqrt((forces**2).mean()))
+        if self.model.use_pair:
+            # The prior takes the radial part; the PET's output scale is what remains.
+            baseline, stats = fit_pair_prior(self.model.pair, self.train, len(species))
+            self.pair_fit = stats | {"force_rms": force_rms}
+            force_rms = stats["force_rmse"]
+        else:
+            baseline = composition_baseline(self.train, len(species))
+            self.pair_fit = {}
+        self.model.baseline.copy_(torch.from_numpy(baseline))
+        self.model.energy_scale.fill_(force_rms)
         self.ema = copy.deepcopy(self.model)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -247,7 +257,14 @@ class Trainer:
             forces = forces.float()  # the losses in float32 either way
             force_mse = ((forces - batch.forces) ** 2).mean()
             energy_mse = (((energy - batch.energy) / batch.n_atoms) ** 2).mean()
-            loss = force_mse + w_energy * energy_mse
+            if cfg.force_loss == "huber":
+                # ×2: the same as the MSE for errors below δ
+                force_loss = 2.0 * torch.nn.functional.huber_loss(
+                    forces, batch.forces, delta=cfg.huber_delta
+                )
+            else:
+                force_loss = force_mse
+            loss = force_loss + w_energy * energy_mse
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(self.step)
             self.optimizer.zero_grad(set_to_none=True)
