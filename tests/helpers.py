@@ -31,7 +31,15 @@ def tiny_pet(seed: int = 0, **overrides):
             for head in (layer.head_central, layer.head_edge):
                 head.fc2.weight.normal_(0.0, 0.3)
                 head.fc2.bias.normal_(0.0, 0.1)
-        model.pair.coefficients.normal_(0.0, 0.3)  # the radial prior, also non-trivial
+            if cfg.edge_readout == "spline":  # coefficients of B-splines 0.1 Å apart: keep
+                layer.head_edge.fc2.weight.normal_(0.0, 0.1)  # the radial functions smooth
+                layer.head_edge.fc2.bias.normal_(0.0, 0.03)
+        # The radial prior, also non-trivial but smooth (a few sines over the knots), as a
+        # fitted one is: independent random coefficients make finite differences inexact.
+        knots = torch.arange(model.pair.n_basis, dtype=torch.float32) / model.pair.n_basis
+        amplitudes = torch.randn(model.pair.coefficients.shape[0], 3, 1) * 0.3
+        waves = torch.sin(torch.pi * torch.arange(1, 4)[:, None] * knots)
+        model.pair.coefficients.copy_((amplitudes * waves).sum(1))
         model.baseline.copy_(torch.tensor([-13.6, -430.0], dtype=torch.float64))
         model.energy_scale.fill_(1.0)
     return model, cfg

@@ -87,7 +87,8 @@ class PairPrior(nn.Module):
         self, species: Tensor, centers: Tensor, neighbors: Tensor, r: Tensor
     ) -> Tensor:
         """φ(r_ij) for every edge [E] (eV), in the dtype of ``r`` [E] (Å)."""
-        pair = self.pair_index[species[centers], species[neighbors]]
+        # .long(): C++ Module::to(dtype) casts every buffer, integer ones too (LAMMPS float64)
+        pair = self.pair_index.long()[species[centers], species[neighbors]]
         i, s = self._locate(r)
         values, _ = _local_basis(s)
         # Coefficients padded with three zeros on each side: interval i touches padded
