@@ -126,3 +126,25 @@ def test_new_schedule_restarts_warmup_and_cosine(tiny_data, tmp_path):
     plain = Trainer(cfg, progress=False)
     plain.load_checkpoint()  # without a new schedule: the old one, already decayed
     assert plain.learning_rate(step) != pytest.approx(again.learning_rate(step))
+
+
+def test_pair_prior_is_frozen_unless_asked(tiny_data, tmp_path):
+    frozen = Trainer(config(tiny_data, tmp_path / "a", epochs=1), progress=False)
+    fitted = frozen.model.pair.coefficients.detach().clone()
+    frozen.run_epoch()
+    torch.testing.assert_close(frozen.model.pair.coefficients, fitted, rtol=0, atol=0)
+    trained = Trainer(config(tiny_data, tmp_path / "b", epochs=1, train_pair=True), progress=False)
+    trained.run_epoch()
+    assert not torch.equal(trained.model.pair.coefficients, fitted)
+
+
+def test_spike_guard_skips_steps(tiny_data, tmp_path):
+    """A guard that calls every loss after the first a spike leaves the weights as the
+    first step made them, and counts the skipped steps."""
+    trainer = Trainer(config(tiny_data, tmp_path, batch_size=1, spike_factor=1e-9), progress=False)
+    record = trainer.run_epoch()
+    after_first = [p.detach().clone() for p in trainer.model.parameters()]
+    record = trainer.run_epoch()
+    assert record["skipped_steps"] == 2 * trainer.steps_per_epoch - 1
+    for p, q in zip(trainer.model.parameters(), after_first, strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)

@@ -198,12 +198,15 @@ class Trainer:
             self.pair_fit = {}
         self.model.baseline.copy_(torch.from_numpy(baseline))
         self.model.energy_scale.fill_(force_rms)
+        if not cfg.train_pair:
+            self.model.pair.coefficients.requires_grad_(False)
         self.ema = copy.deepcopy(self.model)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.epoch = 0
         self.step = 0
+        self.loss_mean: float | None = None  # running mean of the loss, for the spike guard
+        self.skipped = 0  # optimiser steps skipped as spikes
         # (step, epoch) where the current warmup + cosine schedule began: (0, 0) unless a
         # resumed run asked for a new schedule (``--new-schedule``).
         self.schedule_start = (0, 0)
@@ -268,10 +271,20 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(self.step)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
-            self.optimizer.step()
-            self._update_ema()
+            spike = (
+                cfg.spike_factor > 0
+                and self.loss_mean is not None
+                and loss.item() > cfg.spike_factor * self.loss_mean
+            )
+            if spike:  # one huge gradient step can wreck a run: skip it, log it
+                self.skipped += 1
+            else:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+                self.optimizer.step()
+                self._update_ema()
+                mean = self.loss_mean
+                self.loss_mean = loss.item() if mean is None else 0.98 * mean + 0.02 * loss.item()
             self.step += 1
             sums["loss"] += loss.item()
             sums["force_mse"] += force_mse.item()
@@ -282,7 +295,10 @@ class Trainer:
             )
         n = len(bar)
         self.epoch += 1
-        return {k: v / n for k, v in sums.items()} | {"energy_weight": w_energy}
+        return {k: v / n for k, v in sums.items()} | {
+            "energy_weight": w_energy,
+            "skipped_steps": self.skipped,
+        }
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -327,6 +343,8 @@ class Trainer:
             "history": self.history,
             "schedule_start": list(self.schedule_start),
             "torch_rng": torch.get_rng_state(),
+            "loss_mean": self.loss_mean,
+            "skipped": self.skipped,
         }
         tmp = self.checkpoint_path().with_suffix(".tmp")
         torch.save(state, tmp)
@@ -340,6 +358,7 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = state["history"]
         self.schedule_start = tuple(state.get("schedule_start", (0, 0)))
+        self.loss_mean, self.skipped = state.get("loss_mean"), state.get("skipped", 0)
         if self.cfg.new_schedule:  # continue the weights under a fresh warmup + cosine
             self.schedule_start = (self.step, self.epoch)
         torch.set_rng_state(state["torch_rng"])
