@@ -148,3 +148,22 @@ def test_spike_guard_skips_steps(tiny_data, tmp_path):
     assert record["skipped_steps"] == 2 * trainer.steps_per_epoch - 1
     for p, q in zip(trainer.model.parameters(), after_first, strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_train_command_line(tiny_data, tmp_path):
+    """`symbreak train` parses its options into the run (recorded in the checkpoint) and
+    writes the model and its metrics."""
+    import json
+
+    from symbreak.cli import main
+
+    out = tmp_path / "cli.pt"
+    argv = ["train", "--data", str(tiny_data), "--workdir", str(tmp_path), "--output", str(out)]
+    argv += ["--epochs", "1", "--n-test", "1", "--n-val", "1", "--threads", "1", "--quiet"]
+    argv += ["--train-pair", "--force-loss", "huber", "--huber-delta", "0.2"]
+    argv += ["--model-config", json.dumps(TINY)]
+    assert main(argv) == 0
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["train_config"]
+    assert saved["train_pair"] is True and saved["force_loss"] == "huber"
+    assert saved["huber_delta"] == 0.2 and saved["model"] == TINY
+    assert out.is_file() and out.with_suffix(".metrics.json").is_file()

@@ -107,12 +107,7 @@ def _main(args) -> int:
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     if args.new_schedule and not args.resume:
         raise SystemExit("--new-schedule continues a run: use it with --resume")
-    cfg = TrainConfig(
-        **fields,
-        augment=not args.no_augment,
-        train_pair=args.train_pair,
-        model=json.loads(args.model_config),
-    )
+    cfg = TrainConfig(**fields, augment=not args.no_augment, model=json.loads(args.model_config))
     trainer = Trainer(cfg, progress=not args.quiet)
     if args.resume:
         trainer.load_checkpoint()
