@@ -380,12 +380,18 @@ def run_ipi(
                 os.unlink(path)
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``predicate`` until true; raise AssertionError naming ``what`` on timeout."""
+def wait_for(
+    predicate, timeout: float, what: str, interval: float = 0.05, logs: Sequence[Proc] = ()
+) -> None:
+    """Poll ``predicate`` until true; raise AssertionError naming ``what`` on timeout,
+    with the log tails of the processes in ``logs`` (what they were doing)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            tails = "".join(
+                f"\n--- {p.name} (exit {p.poll()}) log tail:\n{p.output()[-2000:]}" for p in logs
+            )
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{tails}")
         time.sleep(interval)
 
 
