@@ -33,6 +33,19 @@ def test_frames(shipped):
     return [ase.io.read(DATA_FILE, k) for k in indices]
 
 
+def test_top_level_load_model_by_name_and_path(shipped, tmp_path):
+    """``symbreak.load_model`` (lazy: plain ``import symbreak`` does not import torch) loads
+    the shipped model by name and by path, and refuses an unknown name by naming it."""
+    import symbreak
+
+    by_name = symbreak.load_model("water-revpbe0d3")
+    assert by_name.metadata.training["data_sha256"] == shipped.metadata.training["data_sha256"]
+    by_path = symbreak.load_model(shipped.path)
+    assert by_path.metadata.config == shipped.metadata.config
+    with pytest.raises(Exception, match="no-such-model"):
+        symbreak.load_model("no-such-model")
+
+
 def test_metadata_names_the_data_and_the_architecture(shipped):
     meta = shipped.metadata
     assert meta.species == [1, 8]

@@ -11,4 +11,13 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_model"]
+
+
+def __getattr__(name: str):
+    # lazy: `import symbreak` (and the CLI's --help) must not pay for importing torch
+    if name == "load_model":
+        from .export import load_model
+
+        return load_model
+    raise AttributeError(f"module 'symbreak' has no attribute {name!r}")
