@@ -33,7 +33,7 @@ def test_frames(shipped):
     return [ase.io.read(DATA_FILE, k) for k in indices]
 
 
-def test_top_level_load_model_by_name_and_path(shipped, tmp_path):
+def test_top_level_load_model_by_name_and_path(shipped):
     """``symbreak.load_model`` (lazy: plain ``import symbreak`` does not import torch) loads
     the shipped model by name and by path, and refuses an unknown name by naming it."""
     import symbreak

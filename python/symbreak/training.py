@@ -271,27 +271,22 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(self.step)
             self.optimizer.zero_grad(set_to_none=True)
-            spike = (
-                cfg.spike_factor > 0
-                and self.loss_mean is not None
-                and loss.item() > cfg.spike_factor * self.loss_mean
-            )
-            if spike:  # one huge gradient step can wreck a run: skip it, log it
-                self.skipped += 1
+            value, f_mse, e_mse = loss.item(), force_mse.item(), energy_mse.item()
+            mean = self.loss_mean
+            if cfg.spike_factor > 0 and mean is not None and value > cfg.spike_factor * mean:
+                self.skipped += 1  # one huge gradient step can wreck a run: skip it, log it
             else:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
                 self.optimizer.step()
                 self._update_ema()
-                mean = self.loss_mean
-                self.loss_mean = loss.item() if mean is None else 0.98 * mean + 0.02 * loss.item()
+                self.loss_mean = value if mean is None else 0.98 * mean + 0.02 * value
             self.step += 1
-            sums["loss"] += loss.item()
-            sums["force_mse"] += force_mse.item()
-            sums["energy_mse"] += energy_mse.item()
+            sums["loss"] += value
+            sums["force_mse"] += f_mse
+            sums["energy_mse"] += e_mse
             bar.set_postfix(
-                F_rmse=f"{1e3 * force_mse.item() ** 0.5:.0f}meV/A",
-                E_rmse=f"{1e3 * energy_mse.item() ** 0.5:.1f}meV/at",
+                F_rmse=f"{1e3 * f_mse**0.5:.0f}meV/A", E_rmse=f"{1e3 * e_mse**0.5:.1f}meV/at"
             )
         n = len(bar)
         self.epoch += 1
