@@ -17,7 +17,7 @@ import pytest
 import torch
 from ase import Atoms
 
-from helpers import export_tiny, small_water, tiny_pet
+from helpers import export_tiny, small_water, strain_derivative, tiny_pet
 from symbreak.evaluator import Evaluator, Structure
 from symbreak.export import load_model
 from symbreak.graph import build_graph
@@ -106,18 +106,7 @@ def test_forces_and_virial_are_gradients_of_the_averaged_energy(ev64, policy):
             minus.positions[atom, axis] -= h
             fd = -(energy(ev64, plus, policy) - energy(ev64, minus, policy)) / (2 * h)
             assert res.forces[atom, axis] == pytest.approx(fd, abs=1e-6, rel=1e-6)
-    numeric = np.zeros((3, 3))
-    for a in range(3):
-        for b in range(a, 3):
-            out = []
-            for sign in (1, -1):
-                strain = np.eye(3)
-                strain[a, b] += sign * h / 2
-                strain[b, a] += sign * h / 2
-                strained = atoms.copy()
-                strained.set_cell(atoms.cell.array @ strain, scale_atoms=True)
-                out.append(energy(ev64, strained, policy))
-            numeric[a, b] = numeric[b, a] = -(out[0] - out[1]) / (2 * h)
+    numeric = strain_derivative(lambda a: energy(ev64, a, policy), atoms, h)
     np.testing.assert_allclose(res.virial, numeric, atol=1e-6)
     # The antisymmetric part of -Σ r ⊗ ∂E/∂r (the torque diagnostic) is the derivative with
     # respect to a rigid rotation of positions and cell, τ = -dE/dθ: non-zero, as the

@@ -13,7 +13,15 @@ from helpers import DATA
 from symbreak.training import Trainer, evaluate
 from symbreak.training_config import TrainConfig
 
-TINY = {"d_model": 16, "n_heads": 2, "d_ff": 32, "n_mp_layers": 2, "n_transformer_layers": 1}
+# Without the three-body prior (its fit costs seconds per Trainer); tested on its own below.
+TINY = {
+    "d_model": 16,
+    "n_heads": 2,
+    "d_ff": 32,
+    "n_mp_layers": 2,
+    "n_transformer_layers": 1,
+    "three_body": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +175,52 @@ def test_train_command_line(tiny_data, tmp_path):
     assert saved["train_pair"] is True and saved["force_loss"] == "huber"
     assert saved["huber_delta"] == 0.2 and saved["model"] == TINY
     assert out.is_file() and out.with_suffix(".metrics.json").is_file()
+
+
+def test_three_body_prior_is_fitted_after_the_pair_prior(tiny_data, tmp_path):
+    """From scratch: the three-body fit lowers the force error left by the pair prior,
+    the PET's output scale is what remains, and the term stays frozen."""
+    plain = Trainer(config(tiny_data, tmp_path / "a"), progress=False)
+    three = Trainer(config(tiny_data, tmp_path / "b", model=TINY | {"three_body": True}))
+    before = evaluate(plain.model, plain.train)["force_rmse_meV_A"]
+    after = evaluate(three.model, three.train)["force_rmse_meV_A"]
+    assert after < 0.95 * before
+    assert after == pytest.approx(1e3 * three.three_body_fit["force_rmse"], rel=1e-4)
+    assert three.model.energy_scale.item() == pytest.approx(three.three_body_fit["force_rmse"])
+    fitted = three.model.three_body.coefficients.detach().clone()
+    three.run_epoch()
+    torch.testing.assert_close(three.model.three_body.coefficients, fitted, rtol=0, atol=0)
+
+
+def test_resume_fits_three_body_to_a_trained_model(tiny_data, tmp_path):
+    """A checkpoint without the term, resumed with it and --fit-three-body: the EMA model's
+    training error drops, the fit is checkpointed and exported."""
+    from symbreak.evaluator import Evaluator, Structure
+
+    Trainer(config(tiny_data, tmp_path, epochs=1), progress=False).fit()
+    cfg = config(tiny_data, tmp_path, epochs=1, model=TINY | {"three_body": True})
+    cfg = dataclasses.replace(cfg, fit_three_body=True)
+    trainer = Trainer(cfg, progress=False)
+    trainer.load_checkpoint()
+    fit = trainer.three_body_fit
+    assert fit["force_rmse"] < 0.95 * fit["force_rmse_before"]
+    assert evaluate(trainer.ema, trainer.train)["force_rmse_meV_A"] == pytest.approx(
+        1e3 * fit["force_rmse"], rel=1e-4
+    )
+    trainer.fit()  # no epochs left: checkpoint and export
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["ema"]
+    torch.testing.assert_close(
+        saved["three_body.coefficients"], trainer.ema.three_body.coefficients
+    )
+    ev = Evaluator(tmp_path / "model.pt", dtype=torch.float64)
+    assert ev.model.metadata.config["three_body"] is True
+    atoms = ase.io.read(tiny_data, 0)
+    res = ev.compute(Structure.from_atoms(atoms))[0]
+    from symbreak.training import collate, make_samples, predict
+
+    sample = make_samples([atoms], trainer.model_cfg.species, trainer.model_cfg.cutoff)[0]
+    energy, forces = predict(trainer.ema.double(), collate([sample], None, torch.float64), False)
+    np.testing.assert_allclose(res.forces, forces.detach().numpy(), atol=1e-8)
+    without = Trainer(config(tiny_data, tmp_path), progress=False)
+    with pytest.raises(ValueError, match="has a three-body prior: resume with"):
+        without.load_checkpoint()  # would silently drop the fitted term

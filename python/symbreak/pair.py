@@ -34,7 +34,7 @@ def n_basis(r_min: float, cutoff: float, spacing: float) -> int:
     return int(round(n))
 
 
-def _local_basis(s: Tensor) -> tuple[Tensor, Tensor]:
+def local_cubic_basis(s: Tensor) -> tuple[Tensor, Tensor]:
     """The four non-zero uniform cubic B-splines at local coordinate s ∈ [0, 1), [E, 4],
     and their derivatives with respect to s."""
     s2 = s * s
@@ -45,6 +45,15 @@ def _local_basis(s: Tensor) -> tuple[Tensor, Tensor]:
     ) * (1.0 / 6.0)
     derivs = torch.stack([-0.5 * t * t, 1.5 * s2 - 2.0 * s, -1.5 * s2 + s + 0.5, 0.5 * s2], dim=1)
     return values, derivs
+
+
+def locate(r: Tensor, r_min: float, spacing: float, n: int) -> tuple[Tensor, Tensor]:
+    """Interval index i [E] (its four non-zero basis functions are i - 3 .. i) and the
+    local coordinate s ∈ [0, 1] [E] of each r (Å) on the uniform grid of ``n_basis``."""
+    u = (r - (r_min - 3.0 * spacing)) / spacing
+    i = torch.floor(u.detach()).clamp(0, n + 2)
+    s = (u - i).clamp(0.0, 1.0)
+    return i.long(), s
 
 
 class PairPrior(nn.Module):
@@ -70,18 +79,14 @@ class PairPrior(nn.Module):
         self.coefficients = nn.Parameter(torch.zeros(k, self.n_basis))
 
     def _locate(self, r: Tensor) -> tuple[Tensor, Tensor]:
-        """Interval index i (first of the four basis functions is i - 3) and s, [E]."""
-        u = (r - (self.r_min - 3.0 * self.spacing)) / self.spacing
-        i = torch.floor(u.detach()).clamp(0, self.n_basis + 2)
-        s = (u - i).clamp(0.0, 1.0)
-        return i.long(), s
+        return locate(r, self.r_min, self.spacing, self.n_basis)
 
     def local_basis(self, r: Tensor) -> tuple[Tensor, Tensor]:
         """For each r [E] (Å): the interval index i [E] (its four non-zero basis
         functions are i-3 .. i, i.e. columns i .. i+3 of coefficients padded by three
         zeros on each side) and their values [E, 4]."""
         i, s = self._locate(r)
-        return i, _local_basis(s)[0]
+        return i, local_cubic_basis(s)[0]
 
     def edge_energies(
         self, species: Tensor, centers: Tensor, neighbors: Tensor, r: Tensor
@@ -90,7 +95,7 @@ class PairPrior(nn.Module):
         # .long(): C++ Module::to(dtype) casts every buffer, integer ones too (LAMMPS float64)
         pair = self.pair_index.long()[species[centers], species[neighbors]]
         i, s = self._locate(r)
-        values, _ = _local_basis(s)
+        values, _ = local_cubic_basis(s)
         # Coefficients padded with three zeros on each side: interval i touches padded
         # entries i .. i+3 (basis functions i-3 .. i).
         coef = torch.nn.functional.pad(self.coefficients.to(r.dtype), (3, 3))
@@ -103,7 +108,7 @@ class PairPrior(nn.Module):
         """Dense basis [E, P·n] and its r-derivative (1/Å) for the least-squares fit."""
         pair = self.pair_index[species[centers], species[neighbors]]
         i, s = self._locate(r)
-        values, derivs = _local_basis(s)
+        values, derivs = local_cubic_basis(s)
         derivs = derivs / self.spacing
         width = self.n_basis + 6
         basis = torch.zeros(r.shape[0], self.pair_index.max().item() + 1, width, dtype=r.dtype)

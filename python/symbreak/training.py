@@ -27,6 +27,7 @@ from .graph import Graph, build_graph
 from .model import PET, PETConfig, count_parameters
 from .pair import fit_pair_prior
 from .rotations import random_rotations
+from .threebody import fit_three_body
 from .training_config import TrainConfig
 
 
@@ -80,6 +81,31 @@ def composition_baseline(samples: list[Sample], n_species: int) -> np.ndarray:
     counts = np.stack([np.bincount(s.graph.species, minlength=n_species) for s in samples])
     energies = np.array([s.energy for s in samples])
     return np.linalg.lstsq(counts.astype(float), energies, rcond=None)[0]
+
+
+def fit_three_body_to_residual(model: PET, samples: list[Sample], ridge: float = 1e-3) -> dict:
+    """Fit ``model.three_body`` and a shift of the per-species baseline by least squares
+    to what the rest of the model (term set to zero first) misses on ``samples``; returns
+    the fit's force errors (eV/Å)."""
+    with torch.no_grad():
+        model.three_body.coefficients.zero_()
+    energies, forces = [], []
+    for sample in samples:
+        batch = collate([sample], None)
+        energy, force = predict(model, batch, create_graph=False)
+        energies.append(sample.energy - float(energy[0].detach()))
+        forces.append(sample.forces - force.detach().double().numpy())
+    shift, stats = fit_three_body(
+        model.three_body,
+        [s.graph for s in samples],
+        energies,
+        forces,
+        len(model.species),
+        ridge=ridge,
+    )
+    with torch.no_grad():
+        model.baseline.add_(torch.from_numpy(shift))
+    return stats
 
 
 @dataclass
@@ -197,9 +223,15 @@ class Trainer:
             baseline = composition_baseline(self.train, len(species))
             self.pair_fit = {}
         self.model.baseline.copy_(torch.from_numpy(baseline))
+        self.three_body_fit: dict = {}
+        if self.model.use_three_body:
+            # The readouts start at zero: the residual is that of baseline + pair prior.
+            self.three_body_fit = fit_three_body_to_residual(self.model, self.train)
+            force_rms = self.three_body_fit["force_rmse"]
         self.model.energy_scale.fill_(force_rms)
         if not cfg.train_pair:
             self.model.pair.coefficients.requires_grad_(False)
+            self.model.three_body.coefficients.requires_grad_(False)
         self.ema = copy.deepcopy(self.model)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -347,8 +379,29 @@ class Trainer:
 
     def load_checkpoint(self, path: Path | None = None) -> None:
         state = torch.load(path or self.checkpoint_path(), weights_only=False)
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
+        for module, key in ((self.model, "model"), (self.ema, "ema")):
+            entries = dict(state[key])
+            own = module.state_dict()
+            if entries.get("three_body.coefficients", torch.zeros(0)).numel() and not (
+                module.use_three_body
+            ):
+                raise ValueError(
+                    f"checkpoint {path or self.checkpoint_path()} has a three-body prior: "
+                    """resume with --model-config '{"three_body": true, ...}'"""
+                )
+            # A checkpoint made without the three-body prior lacks its entries (or has
+            # empty ones): they keep this model's (zeros, or the fit of a fresh start).
+            for name in [k for k in entries if k.startswith("three_body.")]:
+                if name in own and entries[name].shape != own[name].shape:
+                    del entries[name]
+            result = module.load_state_dict(entries, strict=False)
+            missing = [k for k in result.missing_keys if not k.startswith("three_body.")]
+            unexpected = result.unexpected_keys
+            if missing or unexpected:
+                raise ValueError(
+                    f"checkpoint {path or self.checkpoint_path()} does not match the model "
+                    f"configuration: missing {missing}, unexpected {unexpected}"
+                )
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = state["history"]
@@ -357,6 +410,24 @@ class Trainer:
         if self.cfg.new_schedule:  # continue the weights under a fresh warmup + cosine
             self.schedule_start = (self.step, self.epoch)
         torch.set_rng_state(state["torch_rng"])
+        if self.cfg.fit_three_body:
+            self.refit_three_body()
+
+    def refit_three_body(self) -> None:
+        """Fit the three-body prior to the residual of the EMA model (the one that is
+        validated and exported) and give the model the same coefficients."""
+        if not self.model.use_three_body:
+            raise ValueError('fitting the three-body prior needs model config "three_body": true')
+        self.three_body_fit = fit_three_body_to_residual(self.ema, self.train)
+        with torch.no_grad():
+            self.model.three_body.coefficients.copy_(self.ema.three_body.coefficients)
+            self.model.baseline.copy_(self.ema.baseline)
+        fit = self.three_body_fit
+        print(
+            f"three-body prior fitted to the residual: train force MAE "
+            f"{1e3 * fit['force_mae_before']:.1f} -> {1e3 * fit['force_mae']:.1f} meV/Å",
+            flush=True,
+        )
 
     # -- the whole run -----------------------------------------------------------------
 
@@ -394,6 +465,7 @@ class Trainer:
         """Refit the offset, measure on the test frames, export the EMA model."""
         from .export import export_model
 
+        self.save_checkpoint()  # holds a three-body fit made at resume even with no epochs
         self.refit_offset()
         metrics = {
             "val": evaluate(self.ema, self.val),
@@ -412,6 +484,8 @@ class Trainer:
             "parameters": count_parameters(self.model),
             "metrics": metrics,
         }
+        if self.three_body_fit:
+            training["three_body_fit"] = self.three_body_fit
         export_model(self.ema, self.cfg.output, self.model_cfg.to_dict(), training)
         out_json = Path(self.cfg.output).with_suffix(".metrics.json")
         out_json.write_text(json.dumps(training | {"history": self.history}, indent=1))

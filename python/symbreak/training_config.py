@@ -30,7 +30,10 @@ class TrainConfig:
     # Keep training the pair prior's spline after its least-squares fit (off: it stays the
     # fit; the PET's spline readout still corrects it per environment). Measured: trained at
     # lr 2e-3, the run diverged at epoch 17 (train force RMSE 0.35 -> 40 eV/Å).
-    train_pair: bool = False
+    train_pair: bool = False  # also the three-body prior's coefficients, if it has one
+    # On resume: fit the three-body prior (model config "three_body": true) by least
+    # squares to the residual of the checkpoint's model before training on.
+    fit_three_body: bool = False
     # Skip an optimiser step whose loss exceeds spike_factor x its running mean (0: never).
     spike_factor: float = 20.0
     # Force loss per component: "mse", or "huber" (quadratic below huber_delta eV/Å,
@@ -73,6 +76,12 @@ def register(subparsers) -> None:
         help="keep training the pair prior after its least-squares fit (default: frozen)",
     )
     p.add_argument(
+        "--fit-three-body",
+        action="store_true",
+        help='with --resume: fit the three-body prior (--model-config \'{"three_body": '
+        "true}') to the residual of the checkpoint's model, then continue",
+    )
+    p.add_argument(
         "--force-loss",
         choices=["mse", "huber"],
         default=defaults.force_loss,
@@ -107,6 +116,8 @@ def _main(args) -> int:
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     if args.new_schedule and not args.resume:
         raise SystemExit("--new-schedule continues a run: use it with --resume")
+    if args.fit_three_body and not args.resume:
+        raise SystemExit("--fit-three-body refits a trained model: use it with --resume")
     cfg = TrainConfig(**fields, augment=not args.no_augment, model=json.loads(args.model_config))
     trainer = Trainer(cfg, progress=not args.quiet)
     if args.resume:
