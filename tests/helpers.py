@@ -21,7 +21,15 @@ def tiny_pet(seed: int = 0, **overrides):
     torch.manual_seed(seed)
     cfg = PETConfig(
         **(
-            dict(d_model=16, n_heads=2, d_ff=32, n_mp_layers=2, n_transformer_layers=1, n_radial=4)
+            dict(
+                d_model=16,
+                n_heads=2,
+                d_ff=32,
+                n_mp_layers=2,
+                n_transformer_layers=1,
+                n_radial=4,
+                three_body=True,  # as the shipped model: every engine test exercises it
+            )
             | overrides
         )
     )

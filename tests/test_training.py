@@ -13,7 +13,8 @@ from helpers import DATA
 from symbreak.training import Trainer, evaluate
 from symbreak.training_config import TrainConfig
 
-# Without the three-body prior (its fit costs seconds per Trainer); tested on its own below.
+# Without the three-body prior (as the default; its fit costs seconds per Trainer);
+# tested on its own below.
 TINY = {
     "d_model": 16,
     "n_heads": 2,

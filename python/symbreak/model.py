@@ -72,9 +72,11 @@ class PETConfig:
     # Invariant three-body prior (symbreak.threebody): angular splines over the pairs of
     # neighbours of each atom within three_body_cutoff (≤ cutoff), radial knots every
     # three_body_spacing Å, Legendre polynomials up to three_body_lmax; fitted by least
-    # squares to the residual of the pair prior before training (water: test force MAE
-    # 284 -> 118 meV/Å before any training step), or to a trained model's residual.
-    three_body: bool = True
+    # squares to a trained model's residual (`symbreak train --resume --fit-three-body`;
+    # water: test force MAE 148 -> 108 meV/Å), or with it on from the start, to the pair
+    # prior's (284 -> 118 meV/Å before any step). Off by default: on top of both priors
+    # from scratch the PET did not learn in 20 epochs (train force RMSE flat).
+    three_body: bool = False
     three_body_cutoff: float = 3.5
     three_body_spacing: float = 0.5
     three_body_lmax: int = 4
