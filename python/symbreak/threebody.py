@@ -13,7 +13,7 @@ unordered triplet counts twice with the same value: the ½ makes it once.
 
 Why: the PET that reads raw Cartesian vectors leaves a large, systematic angular
 residual. Fitted by linear least squares to the residual of a trained PET (1080
-coefficients, seconds), this term cut the test force MAE of the shipped water model from
+coefficients, minutes), this term cut the test force MAE of the shipped water model from
 148 to 109 meV/Å (``training/water-revpbe0d3/README.md``). It is exactly invariant, so it
 changes no symmetry-breaking diagnostic: the transformer alone breaks the symmetry.
 """
@@ -104,30 +104,23 @@ class ThreeBodyPrior(nn.Module):
             torch.zeros(n_species * n_pairs, self.n_basis, self.n_basis, self.lmax + 1)
         )
 
-    def _triplets(
-        self, species: Tensor, centers: Tensor, neighbors: Tensor, vectors: Tensor
+    def _pairs(
+        self, species: Tensor, centers: Tensor, neighbors: Tensor, vectors: Tensor, ordered: bool
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Ordered edge pairs within the cutoff with legs in channel order: the two edges
-        e1, e2 [T], their channels [T], lengths r1, r2 [T] (Å) and cos θ [T]."""
+        """Pairs of edges of one centre within the cutoff, legs in channel order (lower
+        neighbour species first): edge lengths r [E] (Å), the edges inside the cutoff
+        ``inside`` [E'], the pairs as positions p1, p2 [T] into ``inside``, their channels
+        [T] and cos θ [T]."""
         r = torch.linalg.vector_norm(vectors, dim=1)
         inside = torch.nonzero(r < self.cutoff).squeeze(1)
-        p1, p2 = edge_pairs(centers[inside], species.shape[0])
-        e1, e2 = inside[p1], inside[p2]
-        s1, s2 = species[neighbors[e1]], species[neighbors[e2]]
+        p1, p2 = edge_pairs(centers[inside], species.shape[0], ordered)
+        s1, s2 = species[neighbors[inside[p1]]], species[neighbors[inside[p2]]]
         swap = s1 > s2
-        e1, e2 = torch.where(swap, e2, e1), torch.where(swap, e1, e2)
-        channel = self.channel.long()[species[centers[e1]], s1, s2]
-        r1, r2 = r[e1], r[e2]
-        cos = ((vectors[e1] * vectors[e2]).sum(1) / (r1 * r2)).clamp(-1.0, 1.0)
-        return e1, e2, channel, r1, r2, cos
-
-    def _columns(self, channel: Tensor, i1: Tensor, i2: Tensor) -> Tensor:
-        """Flat indices [T, 4, 4] into the coefficients padded by three zeros on each side
-        of both radial axes (interval i touches padded entries i .. i + 3)."""
-        width = self.n_basis + 6
-        four = torch.arange(4, device=channel.device)
-        a = (channel * width)[:, None] + i1[:, None] + four  # [T, 4]
-        return (a * width)[:, :, None] + (i2[:, None] + four)[:, None, :]
+        p1, p2 = torch.where(swap, p2, p1), torch.where(swap, p1, p2)
+        e1, e2 = inside[p1], inside[p2]
+        channel = self.channel.long()[species[centers[e1]], s1.minimum(s2), s1.maximum(s2)]
+        cos = ((vectors[e1] * vectors[e2]).sum(1) / (r[e1] * r[e2])).clamp(-1.0, 1.0)
+        return r, inside, p1, p2, channel, cos
 
     def radial_basis(self, r: Tensor) -> Tensor:
         """All n radial B-splines at each r [E] (Å), dense [E, n] (at most four non-zero)."""
@@ -147,8 +140,9 @@ class ThreeBodyPrior(nn.Module):
         n_atoms = species.shape[0]
         dtype, device = vectors.dtype, vectors.device
         n, lp1 = self.n_basis, self.lmax + 1
-        r = torch.linalg.vector_norm(vectors, dim=1)
-        inside = torch.nonzero(r < self.cutoff).squeeze(1)
+        r, inside, p1, p2, channel, cos = self._pairs(
+            species, centers, neighbors, vectors, ordered=False
+        )
         radial = self.radial_basis(r[inside])  # [E', n], once per edge
         # Each unordered pair of neighbours once (half the work of the ordered sum in the
         # docstring). For like neighbour species that needs c symmetric in its two
@@ -157,15 +151,7 @@ class ThreeBodyPrior(nn.Module):
         coef = torch.where(
             (self.like_legs != 0)[:, None, None, None], 0.5 * (coef + coef.transpose(1, 2)), coef
         )
-        p1, p2 = edge_pairs(centers[inside], n_atoms, ordered=False)
-        e1, e2 = inside[p1], inside[p2]
-        s1, s2 = species[neighbors[e1]], species[neighbors[e2]]
-        swap = s1 > s2  # legs in channel order: lower species index first
-        p1, p2 = torch.where(swap, p2, p1), torch.where(swap, p1, p2)
-        e1, e2 = inside[p1], inside[p2]
-        channel = self.channel.long()[species[centers[e1]], s1.minimum(s2), s1.maximum(s2)]
-        cos = (vectors[e1] * vectors[e2]).sum(1) / (r[e1] * r[e2])
-        angular = legendre(cos.clamp(-1.0, 1.0), self.lmax)  # [T, l+1]
+        angular = legendre(cos, self.lmax)  # [T, l+1]
         # Second leg contracted per edge for every channel: h[e, ch, a, l], then one row
         # of it per pair: [T, n(l+1)] gathered instead of a [T, n(l+1)] x [n(l+1), C n]
         # product per pair.
@@ -174,7 +160,7 @@ class ThreeBodyPrior(nn.Module):
         h = h.view(-1, n * lp1)[p2 * n_channels + channel].view(-1, n, lp1)
         e_t = ((h * angular[:, None, :]).sum(2) * radial[p1]).sum(1)
         energy = torch.zeros(n_atoms, dtype=dtype, device=device)
-        return energy.index_add(0, centers[e1], e_t)
+        return energy.index_add(0, centers[inside[p1]], e_t)
 
     @torch.jit.unused
     def design(
@@ -187,7 +173,11 @@ class ThreeBodyPrior(nn.Module):
         n_coef = self.coefficients.numel()
         lp1 = self.lmax + 1
         vectors = vectors.double()
-        e1, e2, channel, r1, r2, cos = self._triplets(species, centers, neighbors, vectors)
+        r, inside, p1, p2, channel, cos = self._pairs(
+            species, centers, neighbors, vectors, ordered=True
+        )
+        e1, e2 = inside[p1], inside[p2]
+        r1, r2 = r[e1], r[e2]
         i1, t1 = locate(r1, self.r_min, self.spacing, self.n_basis)
         i2, t2 = locate(r2, self.r_min, self.spacing, self.n_basis)
         b1, db1 = local_cubic_basis(t1)
@@ -195,12 +185,13 @@ class ThreeBodyPrior(nn.Module):
         db1, db2 = db1 / self.spacing, db2 / self.spacing
         p = legendre(cos, self.lmax)
         dp = legendre_derivative(cos, self.lmax)
-        # Padded columns -> real ones; entries outside the grid carry no coefficient.
-        width = self.n_basis + 6
-        padded = self._columns(channel, i1, i2)[:, :, :, None] * lp1 + torch.arange(lp1)
-        a = (padded // lp1 // width) % width - 3
-        b = (padded // lp1) % width - 3
+        # Basis indices of the four non-zero splines of each leg; those off the grid
+        # (below 0 or past n - 1) carry no coefficient.
+        four = torch.arange(4)
+        a = (i1[:, None] + four - 3)[:, :, None, None]
+        b = (i2[:, None] + four - 3)[:, None, :, None]
         valid = (a >= 0) & (a < self.n_basis) & (b >= 0) & (b < self.n_basis)
+        valid = valid.expand(-1, 4, 4, lp1)
         column = ((channel[:, None, None, None] * self.n_basis + a) * self.n_basis + b) * lp1
         column = (column + torch.arange(lp1))[valid]
         outer = b1[:, :, None, None] * b2[:, None, :, None]
@@ -226,6 +217,16 @@ class ThreeBodyPrior(nn.Module):
         return energy_row, forces.view(3 * n_atoms, n_coef)
 
 
+def _forces(prior: ThreeBodyPrior, graph) -> np.ndarray:
+    """Forces [N, 3] (eV/Å, float64) of the term alone on a Graph."""
+    vectors = torch.from_numpy(graph.vectors).double().requires_grad_(True)
+    centers, neighbors = torch.from_numpy(graph.centers), torch.from_numpy(graph.neighbors)
+    energy = prior.atomic_energies(torch.from_numpy(graph.species), centers, neighbors, vectors)
+    (grad,) = torch.autograd.grad(energy.sum(), vectors)
+    forces = torch.zeros(graph.n_atoms, 3, dtype=torch.float64)
+    return forces.index_add(0, centers, grad).index_add(0, neighbors, -grad).numpy()
+
+
 def fit_three_body(
     prior: ThreeBodyPrior,
     graphs: list,
@@ -248,7 +249,6 @@ def fit_three_body(
     n_col = n_coef + n_species
     normal = np.zeros((n_col, n_col))
     rhs = np.zeros(n_col)
-    designs = []
     for graph, energy, force in zip(graphs, energies, forces, strict=True):
         row, matrix = prior.design(
             torch.from_numpy(graph.species),
@@ -264,17 +264,17 @@ def fit_three_body(
         normal += w * np.outer(row, row)
         rhs[:n_coef] += matrix.T @ np.ravel(force)
         rhs += w * row * energy
-        designs.append(matrix)
     scale = np.sqrt(np.diag(normal)) + 1e-12
     scaled = normal / scale[:, None] / scale[None, :]
     damping = ridge * np.trace(scaled) / n_col
     solution = np.linalg.solve(scaled + damping * np.eye(n_col), rhs / scale) / scale
-    before = np.concatenate([np.ravel(f) for f in forces])
-    after = np.concatenate(
-        [np.ravel(f) - m @ solution[:n_coef] for m, f in zip(designs, forces, strict=True)]
-    )
     with torch.no_grad():
         prior.coefficients.copy_(torch.from_numpy(solution[:n_coef]).view_as(prior.coefficients))
+    # What remains, from the module itself (the design matrices, 3N x P each, are not kept)
+    before = np.concatenate([np.ravel(f) for f in forces])
+    after = np.concatenate(
+        [np.ravel(f) - _forces(prior, g).ravel() for g, f in zip(graphs, forces, strict=True)]
+    )
     return solution[n_coef:], {
         "force_rmse_before": float(math.sqrt((before**2).mean())),
         "force_mae_before": float(np.abs(before).mean()),
