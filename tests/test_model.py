@@ -10,7 +10,7 @@ import torch
 
 from helpers import export_tiny, small_water, strain_derivative, tiny_pet
 from symbreak.evaluator import Evaluator, Structure
-from symbreak.export import load_model
+from symbreak.export import load_model, reexport_model
 from symbreak.graph import build_graph
 
 
@@ -140,6 +140,11 @@ def test_export_metadata_and_errors(model_file, tmp_path):
     assert meta.receptive_field == pytest.approx(meta.cutoff * meta.config["n_mp_layers"])
     assert meta.torch_version == torch.__version__.split("+")[0]
     assert meta.units == {"length": "angstrom", "energy": "eV"}
+    # What the engines call: Python's evaluator compute, the LAMMPS plugin the energies.
+    for method in ("compute", "atomic_energies", "baseline_energies"):
+        assert loaded.module._c._has_method(method), method
+    for method in ("learned_energies", "prior_energies"):  # the plugin's priors-once path
+        assert loaded.module._c._has_method(method), method
 
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         load_model("no-such-model")
@@ -162,3 +167,94 @@ def test_unknown_species_is_named(ev64):
     atoms = Atoms("OH2Na", positions=np.random.default_rng(0).uniform(0, 5, (4, 3)), pbc=False)
     with pytest.raises(ValueError, match=r"atom 3 is Na"):
         ev64.compute(structure(atoms))
+
+
+@pytest.mark.parametrize("share", [slice(None), slice(3, 11)])
+def test_compute_evaluates_the_priors_once_as_if_per_rotation(share):
+    """``compute`` evaluates the invariant priors once; everything it returns must equal
+    the K-copy evaluation of the whole model (``atomic_energies`` of each rotated copy,
+    autograd per copy), also for a subset of a grid whose weights do not sum to 1 (the
+    evaluator's parallel workers each take such a group)."""
+    from symbreak.rotations import AveragingPolicy
+
+    model, cfg = tiny_pet(seed=3)
+    model = model.double()
+    assert model.use_pair and model.use_three_body
+    atoms = small_water(8, seed=7, triclinic=True)
+    g = build_graph(atoms.numbers, atoms.positions, atoms.cell.array, True, cfg.cutoff, cfg.species)
+    species, centers, neighbors, reverse = (
+        torch.from_numpy(a) for a in (g.species, g.centers, g.neighbors, g.reverse)
+    )
+    base = torch.from_numpy(g.vectors)
+    rotations, weights = AveragingPolicy.parse("lebedev:3+inv").rotations()
+    rotations = torch.from_numpy(rotations[share])
+    weights = torch.from_numpy(weights[share])
+    out = model.compute(
+        species, centers, neighbors, base, reverse,
+        torch.zeros(len(atoms), dtype=torch.long), 1, rotations, weights,
+    )  # fmt: skip
+
+    e_k, eps_sum, f_k = [], torch.zeros(len(atoms), dtype=torch.float64), []
+    grad_sum = torch.zeros_like(base)
+    for rot, w in zip(rotations, weights, strict=True):
+        vectors = (base @ rot.T).requires_grad_(True)
+        eps = model.atomic_energies(species, centers, neighbors, vectors, reverse)
+        (grad,) = torch.autograd.grad(eps.sum(), vectors)
+        grad = grad @ rot  # back-rotated: ∂E_k/∂r = R_kᵀ ∂E/∂(R_k r)
+        forces = torch.zeros(len(atoms), 3, dtype=torch.float64)
+        forces = forces.index_add(0, centers, grad).index_add(0, neighbors, -grad)
+        e_k.append(float(eps.detach().sum()) + float(model.baseline_energies(species).sum()))
+        eps_sum += w * eps.detach()
+        grad_sum += w * grad
+        f_k.append(forces)
+    e_k, f_k = np.array(e_k), torch.stack(f_k).numpy()
+    w = weights.numpy()
+    np.testing.assert_allclose(out["energy_per_rotation"][0].numpy(), e_k, rtol=1e-13)
+    assert float(out["energy"][0]) == pytest.approx(w @ e_k, rel=1e-13)
+    atomic = eps_sum + model.baseline_energies(species)
+    np.testing.assert_allclose(out["atomic_energies"].numpy(), atomic.numpy(), atol=1e-11)
+    np.testing.assert_allclose(out["forces"].numpy(), np.einsum("k,kia->ia", w, f_k), atol=1e-11)
+    np.testing.assert_allclose(out["edge_gradients"].numpy(), grad_sum.numpy(), atol=1e-11)
+    sq = np.einsum("k,ki->i", w, (f_k**2).sum(2))
+    np.testing.assert_allclose(out["forces_rot_sq"].numpy(), sq, rtol=1e-11)
+    # The check has teeth: the learned part's forces differ between the rotations.
+    assert np.abs(f_k - f_k.mean(0)).max() > 1e-3
+
+
+def test_reexport_keeps_weights_and_metadata_and_updates_torch_version(model_file, tmp_path):
+    """``symbreak export`` on a file that claims another torch version (which load_model
+    refuses): the new file loads, carries this torch version and the same config and
+    training record, and gives the same numbers as the original module."""
+    from symbreak.cli import main
+
+    meta = load_model(model_file).metadata
+    other = tmp_path / "other.pt"
+    module = torch.jit.load(str(model_file))
+    old = json.loads(meta.to_json()) | {"torch_version": "1.13.1"}
+    torch.jit.save(module, str(other), _extra_files={"metadata.json": json.dumps(old)})
+    out = tmp_path / "new.pt"
+    assert main(["export", str(other), "--output", str(out)]) == 0
+    new = load_model(out).metadata
+    assert new.torch_version == torch.__version__.split("+")[0]
+    assert (new.config, new.training, new.species) == (meta.config, meta.training, meta.species)
+    atoms = small_water(8, seed=9, triclinic=True)
+    for policy in ("none", "lebedev:3+inv"):
+        a = Evaluator(model_file, dtype=torch.float64).compute(structure(atoms), policy)[0]
+        b = Evaluator(out, dtype=torch.float64).compute(structure(atoms), policy)[0]
+        assert b.energy == pytest.approx(a.energy, rel=1e-13)
+        np.testing.assert_allclose(b.forces, a.forces, rtol=0, atol=1e-11)
+        np.testing.assert_allclose(b.virial, a.virial, rtol=0, atol=1e-11)
+        spread = a.diagnostics["forces_rot_std_atoms"]
+        np.testing.assert_allclose(b.diagnostics["forces_rot_std_atoms"], spread, atol=1e-9)
+    assert main(["export", str(out), "--output", str(out)]) == 0  # in place
+    assert load_model(out).metadata.config == meta.config
+
+    # A config that does not fit the weights, and a file that is not a model: named.
+    bad = json.loads(meta.to_json()) | {"config": meta.config | {"d_model": 8}}
+    torch.jit.save(module, str(other), _extra_files={"metadata.json": json.dumps(bad)})
+    with pytest.raises(ValueError, match="other.pt.*does not match its own config"):
+        reexport_model(other, tmp_path / "x.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a zip file at all")
+    assert main(["export", str(corrupt), "--output", str(tmp_path / "y.pt")]) == 2
+    assert not (tmp_path / "y.pt").exists()

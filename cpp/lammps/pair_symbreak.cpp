@@ -73,6 +73,10 @@ struct Model {
   int n_layers = 1;
   std::string torch_version;
   torch::Dtype dtype = torch::kFloat32;
+  // The file has learned_energies + prior_energies: the invariant priors are evaluated once
+  // per call instead of once per rotation (older files: atomic_energies per rotation;
+  // `symbreak export` brings them up to date).
+  bool split_priors = false;
 };
 
 namespace {
@@ -210,6 +214,8 @@ std::shared_ptr<Model> load_model(const std::string& path, const std::string& dt
       throw std::runtime_error("'" + path + "' has no method '" + method +
                                "': not a symbreak model file");
 
+  model->split_priors = model->module.find_method("learned_energies").has_value() &&
+                        model->module.find_method("prior_energies").has_value();
   model->module.eval();
   for (const auto& p : model->module.parameters()) {
     model->dtype = p.scalar_type();
@@ -425,6 +431,11 @@ void PairSymbreak::settings(int narg, char** arg) {
                    from_cache ? "cached" : "loaded", model_->path,
                    model_->dtype == torch::kFloat64 ? "float64" : "float32", species,
                    model_->cutoff, model_->receptive_field, policy_string(), rot_.size() / 9);
+    if (!model_->split_priors)
+      utils::logmesg(lmp,
+                     "pair_style symbreak: the file has no learned_energies/prior_energies: the "
+                     "invariant priors are evaluated once per rotation (`symbreak export` "
+                     "brings the file up to date)\n");
   }
 }
 
@@ -860,7 +871,26 @@ void PairSymbreak::compute(int eflag, int vflag) {
                                : std::max<std::int64_t>(1, symbreak::kAutoEdgeBudget /
                                                                std::max<std::int64_t>(n_edges, 1));
       chunk = std::min(chunk, n_rot);
-      auto method = model_->module.get_method("atomic_energies");
+      // The invariant priors are the same for every rotated copy: once, on the unrotated
+      // vectors, weighted by the sum of the weights.
+      double prior_sum = 0.0;
+      if (model_->split_priors) {
+        double w_total = 0.0;
+        for (const double wk : weights_) w_total += wk;
+        auto leaf = base.clone().requires_grad_(true);
+        auto prior =
+            model_->module.get_method("prior_energies")({species, centers, neighbors, leaf})
+                .toTensor();
+        auto prior_local = prior.narrow(0, 0, nlocal).to(torch::kFloat64);
+        prior_sum = prior_local.sum().item<double>();
+        atomic_t += w_total * prior_local.detach();
+        if (prior_local.requires_grad()) {  // no graph: a model without priors
+          auto g = torch::autograd::grad({prior_local.sum()}, {leaf}, {}, false, false, true)[0];
+          if (g.defined()) grad += w_total * g;
+        }
+      }
+      auto method =
+          model_->module.get_method(model_->split_priors ? "learned_energies" : "atomic_energies");
       for (std::int64_t start = 0; start < n_rot; start += chunk) {
         const std::int64_t k = std::min(chunk, n_rot - start);
         auto rot = rotations.narrow(0, start, k);
@@ -880,7 +910,8 @@ void PairSymbreak::compute(int eflag, int vflag) {
         auto e_k = eps_local.sum(1);
         const auto e_k_host = e_k.detach().contiguous();
         const double* e_k_ptr = e_k_host.data_ptr<double>();
-        for (std::int64_t r = 0; r < k; ++r) energy_rot[start + r] = e_k_ptr[r] + baseline_sum;
+        for (std::int64_t r = 0; r < k; ++r)
+          energy_rot[start + r] = e_k_ptr[r] + baseline_sum + prior_sum;
         atomic_t += (w.unsqueeze(1) * eps_local.detach()).sum(0);
         auto total = (w * e_k).sum();
         auto g = torch::autograd::grad({total}, {rotated}, {}, false, false, true)[0];

@@ -32,7 +32,8 @@ token still reads raw Cartesian vectors, so the model is not equivariant.
 Rotational averaging is part of the exported code: :meth:`PET.compute` takes a stack of
 rotations [K, 3, 3] and weights [K], evaluates all K rotated copies of the edge vectors
 in one batched call, returns the weighted mean energy and its exact gradient, and the
-per-rotation spread. K = 1 with the identity is the plain model.
+per-rotation spread. K = 1 with the identity is the plain model. Only the transformer is
+evaluated K times: the invariant priors give the same value for every copy, once.
 """
 
 from __future__ import annotations
@@ -222,11 +223,13 @@ class PET(nn.Module):
         x = (r / self.cutoff)[:, None]
         return torch.sin(self.radial_freq.to(r.dtype) * x) / x
 
+    @torch.jit.export
     def baseline_energies(self, species: Tensor) -> Tensor:
         """Per-species reference energies [N] (eV, float64: absolute energies of large
         systems do not fit in float32)."""
         return self.baseline[species].to(torch.float64)
 
+    @torch.jit.export
     def atomic_energies(
         self, species: Tensor, centers: Tensor, neighbors: Tensor, vectors: Tensor, reverse: Tensor
     ) -> Tensor:
@@ -234,7 +237,36 @@ class PET(nn.Module):
         atomic energy adds :meth:`baseline_energies`) from species indices [N], edges
         ``centers``/``neighbors`` [E] (full list: every (i, j) has its reverse) and edge
         vectors [E, 3] (Å). ``reverse`` [E] maps edge (i, j, S) to (j, i, -S).
+
+        The sum of :meth:`learned_energies` (the transformer, not rotation invariant) and
+        :meth:`prior_energies` (the invariant pair and three-body priors).
         """
+        return self.learned_energies(
+            species, centers, neighbors, vectors, reverse
+        ) + self.prior_energies(species, centers, neighbors, vectors)
+
+    @torch.jit.export
+    def prior_energies(
+        self, species: Tensor, centers: Tensor, neighbors: Tensor, vectors: Tensor
+    ) -> Tensor:
+        """Atomic energies [N] (eV, dtype of ``vectors``) of the invariant priors: ½ φ(r_ij)
+        per edge (full edge list: each pair twice, half to each atom) and the three-body
+        term; zeros if the model has neither."""
+        energy = torch.zeros(species.shape[0], dtype=vectors.dtype, device=vectors.device)
+        if self.use_pair:
+            r = torch.linalg.vector_norm(vectors, dim=1)
+            pair_energy = self.pair.edge_energies(species, centers, neighbors, r)
+            energy = energy.index_add(0, centers, 0.5 * pair_energy)
+        if self.use_three_body:
+            energy = energy + self.three_body.atomic_energies(species, centers, neighbors, vectors)
+        return energy
+
+    @torch.jit.export
+    def learned_energies(
+        self, species: Tensor, centers: Tensor, neighbors: Tensor, vectors: Tensor, reverse: Tensor
+    ) -> Tensor:
+        """The transformer's atomic energies [N] (eV, dtype of ``vectors``): the part of
+        :meth:`atomic_energies` that reads raw Cartesian vectors (arguments as there)."""
         n_atoms = species.shape[0]
         n_edges = centers.shape[0]
         dtype = vectors.dtype
@@ -297,13 +329,7 @@ class PET(nn.Module):
                 e_edge = head.squeeze(1) * fc_sorted
             energy = energy + layer.head_central(node).squeeze(1)
             energy = energy.index_add(0, centers_sorted, e_edge)
-        energy = self.energy_scale.to(dtype) * energy
-        if self.use_pair:  # full edge list: each pair twice, half to each atom
-            pair_energy = self.pair.edge_energies(species, centers, neighbors, r)
-            energy = energy.index_add(0, centers, 0.5 * pair_energy)
-        if self.use_three_body:
-            energy = energy + self.three_body.atomic_energies(species, centers, neighbors, vectors)
-        return energy
+        return self.energy_scale.to(dtype) * energy
 
     # -- the exported entry point: rotations, averaging, gradients ----------------------
 
@@ -345,15 +371,31 @@ class PET(nn.Module):
         chunk = n_rot if rotation_batch <= 0 else min(rotation_batch, n_rot)
         rotations = rotations.to(dtype)
         weights = weights.to(dtype)
-
         f64 = torch.float64
+        base = vectors.detach()
+
+        # The invariant priors are the same for every rotated copy: evaluated once, on the
+        # unrotated vectors, and weighted by Σ_k w_k (1 for a whole grid; a group of a
+        # grid's rotations, see the evaluator's workers, carries its share).
+        w_total = weights.sum()
+        prior_leaf = base.clone().requires_grad_(compute_gradients)
+        prior_eps = self.prior_energies(species, centers, neighbors, prior_leaf)
+        prior_grad = torch.zeros(n_edges, 3, dtype=dtype, device=device)
+        if compute_gradients and (self.use_pair or self.use_three_body):
+            g_prior = torch.autograd.grad([prior_eps.sum()], [prior_leaf])[0]
+            assert g_prior is not None
+            prior_grad = g_prior
+        prior_eps = prior_eps.detach()
+        prior_forces = torch.zeros(n_atoms, 3, dtype=dtype, device=device)
+        prior_forces = prior_forces.index_add(0, centers, prior_grad)
+        prior_forces = prior_forces.index_add(0, neighbors, -prior_grad)
+
         energy_rot = torch.zeros(n_structures, n_rot, dtype=f64, device=device)
         baseline = self.baseline_energies(species)
-        atomic = baseline.clone()
-        grad = torch.zeros(n_edges, 3, dtype=dtype, device=device)
+        atomic = baseline + w_total.to(f64) * prior_eps.to(f64)
+        grad = w_total * prior_grad
         forces = torch.zeros(n_atoms, 3, dtype=dtype, device=device)
         forces_sq = torch.zeros(n_atoms, dtype=f64, device=device)  # a difference of squares
-        base = vectors.detach()
         for start in range(0, n_rot, chunk):
             stop = min(start + chunk, n_rot)
             rot = rotations[start:stop]
@@ -366,7 +408,7 @@ class PET(nn.Module):
                 rotated.requires_grad_(True)
             offsets_atoms = (torch.arange(k, device=device) * n_atoms)[:, None]
             offsets_edges = (torch.arange(k, device=device) * n_edges)[:, None]
-            eps = self.atomic_energies(
+            eps = self.learned_energies(
                 species.repeat(k),
                 (centers[None, :] + offsets_atoms).reshape(-1),
                 (neighbors[None, :] + offsets_atoms).reshape(-1),
@@ -388,12 +430,15 @@ class PET(nn.Module):
                 # Per-rotation forces on atoms, for the spread diagnostic.
                 f_k = torch.zeros(k, n_atoms, 3, dtype=dtype, device=device)
                 f_k = f_k.index_add(1, centers, g_back).index_add(1, neighbors, -g_back)
+                f_k = f_k + w[:, None, None] * prior_forces  # the whole model's w_k F_k
                 forces = forces + f_k.sum(0)
                 safe_w = torch.where(w > 0, w, torch.ones_like(w))
                 forces_sq = forces_sq + ((f_k.to(f64) ** 2).sum(2) / safe_w.to(f64)[:, None]).sum(0)
         structure_baseline = torch.zeros(n_structures, dtype=f64, device=device)
         structure_baseline = structure_baseline.index_add(0, structure, baseline)
-        energy_rot = energy_rot + structure_baseline[:, None]
+        structure_prior = torch.zeros(n_structures, dtype=f64, device=device)
+        structure_prior = structure_prior.index_add(0, structure, prior_eps.to(f64))
+        energy_rot = energy_rot + (structure_baseline + structure_prior)[:, None]
         energy = (energy_rot * weights.to(f64)[None, :]).sum(1)
         out: dict[str, Tensor] = {
             "energy": energy.detach(),

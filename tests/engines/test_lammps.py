@@ -358,6 +358,46 @@ def test_matches_python_evaluator(
     assert "pair_style symbreak: loaded model" in res.log
 
 
+class _FileBeforePriorsOnce(torch.nn.Module):
+    """What files exported before the priors-once change offered at top level: only
+    ``atomic_energies`` and ``baseline_energies`` (no learned_energies/prior_energies)."""
+
+    def __init__(self, pet):
+        super().__init__()
+        self.pet = pet
+
+    @torch.jit.export
+    def atomic_energies(self, species, centers, neighbors, vectors, reverse):
+        return self.pet.atomic_energies(species, centers, neighbors, vectors, reverse)
+
+    @torch.jit.export
+    def baseline_energies(self, species):
+        return self.pet.baseline_energies(species)
+
+
+def test_file_without_the_split_methods_is_averaged_per_rotation(tmp_path, plugin, models):
+    """The plugin evaluates the invariant priors once per call when the file has
+    learned_energies + prior_energies, and falls back to atomic_energies per rotation for
+    an older file; both give the Python evaluator's numbers (the new file's log is quiet
+    about it, the old file's says so)."""
+    from symbreak.export import METADATA_FILE, load_model
+
+    model = models["f32"]
+    old = tmp_path / "old_format.pt"
+    pet, _ = tiny_pet(0)  # the weights of models["f32"]
+    meta = load_model(model).metadata.to_json()
+    scripted = torch.jit.script(_FileBeforePriorsOnce(pet).eval())
+    assert not scripted._c._has_method("learned_energies")
+    torch.jit.save(scripted, str(old), _extra_files={METADATA_FILE: meta})
+    for path, dtype in ((model, "float64"), (old, "float64"), (old, "float32")):
+        work = tmp_path / f"{path.stem}_{dtype}"
+        work.mkdir()
+        res = evaluate(work, plugin, water_triclinic(), f"{path} average lebedev 3 dtype {dtype}")
+        assert ("evaluated once per rotation" in res.log) == (path == old)
+        torch_dtype = torch.float64 if dtype == "float64" else torch.float32
+        assert_matches(res, reference(model, "lebedev:3", torch_dtype, res), dtype, 18)
+
+
 def test_shipped_model_by_name(tmp_path, plugin):
     """A bare name finds the model shipped beside the plugin (symbreak/models/<name>.pt)."""
     from symbreak.export import SHIPPED_MODELS_DIR, shipped_models
