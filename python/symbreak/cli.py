@@ -18,6 +18,7 @@ from . import __version__
 # and a broken optional front end cannot break the others).
 SUBCOMMAND_MODULES: list[str] = [
     "training_config",
+    "export_cli",
     "engines.ipi_commands",
     "engines.launcher",
     "engines.lammps",

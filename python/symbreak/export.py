@@ -80,10 +80,8 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     )
 
 
-def load_model(name_or_path: str | Path) -> LoadedModel:
-    """Load an exported model. Raises a clear error for a missing, corrupt or
-    incompatible file (exported by another torch major.minor version)."""
-    path = resolve_model_path(name_or_path)
+def _read(path: Path) -> tuple[torch.jit.ScriptModule, ModelMetadata]:
+    """The TorchScript module and metadata of a model file (clear errors otherwise)."""
     extra = {METADATA_FILE: ""}
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
@@ -95,12 +93,20 @@ def load_model(name_or_path: str | Path) -> LoadedModel:
         meta = ModelMetadata(**json.loads(extra[METADATA_FILE]))
     except (json.JSONDecodeError, TypeError) as err:
         raise ValueError(f"'{path}': corrupt {METADATA_FILE}: {err}") from err
+    return module, meta
+
+
+def load_model(name_or_path: str | Path) -> LoadedModel:
+    """Load an exported model. Raises a clear error for a missing, corrupt or
+    incompatible file (exported by another torch major.minor version)."""
+    path = resolve_model_path(name_or_path)
+    module, meta = _read(path)
     running = torch.__version__.split("+")[0]
     if meta.torch_version.split(".")[:2] != running.split(".")[:2]:
         raise RuntimeError(
             f"'{path}' was exported with torch {meta.torch_version}, but torch {running} is "
             "running; TorchScript files are only supported by the torch version that wrote "
-            "them: install that version or re-export the model"
+            "them: install that version or re-export the model (symbreak export)"
         )
     # Inference only needs gradients with respect to the inputs: with trainable weights,
     # TorchScript's backward also computes every weight gradient (measured: ~2x the
@@ -108,3 +114,34 @@ def load_model(name_or_path: str | Path) -> LoadedModel:
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     return LoadedModel(module.eval(), meta, path)
+
+
+def reexport_model(name_or_path: str | Path, output: str | Path) -> ModelMetadata:
+    """Write a model file again with this version's code: the same weights, buffers and
+    metadata (config, training), this torch version. The scripted code, e.g. how
+    ``compute`` averages, is frozen inside a file at export; this brings an older file
+    up to date. ``output`` may be the source itself."""
+    path = resolve_model_path(name_or_path)
+    module, meta = _read(path)
+    from .model import PETConfig
+
+    try:
+        model = PET(PETConfig(**meta.config))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"'{path}': its config cannot build a PET here: {err}") from err
+    try:
+        result = model.load_state_dict(module.state_dict(), strict=False)
+    except RuntimeError as err:  # shapes that the config does not give
+        raise ValueError(f"'{path}' does not match its own config: {err}") from err
+    # A file from before the three-body prior lacks its (empty) coefficients.
+    missing = [k for k in result.missing_keys if model.state_dict()[k].numel()]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"'{path}' does not match its own config: missing {missing}, "
+            f"unexpected {result.unexpected_keys}"
+        )
+    output = Path(output)
+    tmp = output.with_name(output.name + ".tmp")
+    meta = export_model(model, tmp, meta.config, meta.training)
+    tmp.replace(output)  # atomic, and safe when output is the source
+    return meta
