@@ -31,8 +31,10 @@ from symbreak.reproduce.report import (  # noqa: E402
     Row,
     format_number,
     format_value,
+    kept_outcomes,
     markdown_table,
     render,
+    write_report,
 )
 
 
@@ -82,6 +84,41 @@ def test_render_sections_errors_and_comparison():
     assert "| (1) \\|E_plain − E_ref\\| | 1.3 meV/molecule | 2.82 meV |" in comparison
     assert "falls with" not in comparison
     assert "--quick" in render([ok], {"quick": True}) and "Quick mode" not in render([ok], {})
+
+
+def test_only_keeps_the_other_experiments_of_a_report_of_the_same_mode_and_model(tmp_path):
+    """``--only`` into a folder with a report: the experiments not rerun come back from its
+    summary.json as they were (tables, plots, notes, data, status), dated; a report of
+    another mode or model is not mixed in."""
+    outcomes = []
+    for k, status in ((1, "ok"), (2, "partial"), (3, "failed")):
+        o = Outcome(f"{k}_exp", f"Experiment {k}", status=status, elapsed=10.0 * k)
+        o.table(f"table {k}").add(f"q{k}", 0.5 * k, err=0.1, unit="meV", study="1 meV")
+        o.plots.append((f"plot {k}", f"reproduction/{k}_exp/p.png"))
+        o.notes.append(f"note {k}")
+        o.data = {"x": [k, 2 * k]}
+        o.error = "RuntimeError: boom" if status == "failed" else None
+        outcomes.append(o)
+    write_report(tmp_path, outcomes, {"quick": False, "model": "m", "date": "2026-01-02 03:04"})
+
+    kept = kept_outcomes(tmp_path, {2}, quick=False, model="m")
+    assert [o.number for o in kept] == ["1", "3"]
+    for o, ref in zip(kept, (outcomes[0], outcomes[2]), strict=True):
+        assert o.to_dict() | {"date": ""} == ref.to_dict()
+        assert o.date == "2026-01-02 03:04"  # the report's, for outcomes without their own
+    assert kept_outcomes(tmp_path, {2}, quick=True, model="m") == []
+    assert kept_outcomes(tmp_path, {2}, quick=False, model="other") == []
+    assert kept_outcomes(tmp_path / "nothing", {2}, quick=False, model="m") == []
+
+    rerun = Outcome("2_exp", "Experiment 2", elapsed=7.0, date="2026-02-03 04:05")
+    merged = sorted(kept + [rerun], key=lambda o: int(o.number))
+    text = render(merged, {"quick": False, "model": "m", "kept": [1, 3]})
+    assert "experiment(s) 1, 3 kept from an earlier run" in text
+    assert "| ok | 10 s | 2026-01-02 03:04 |" in text
+    assert "| ok | 7 s | 2026-02-03 04:05 |" in text
+    assert text.index("## 1. Experiment 1") < text.index("## 2. Experiment 2")
+    assert "Status: **failed**" in text and "RuntimeError: boom" in text
+    assert "run on" not in render(merged, {"quick": False, "model": "m"})
 
 
 # ======================================================================================

@@ -50,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..engines.launcher import default_threads
     from .experiments import EXPERIMENTS, FULL, QUICK, Context, run_experiment
     from .inputs import DEFAULT_INPUTS, Interrupted
-    from .report import write_report
+    from .report import kept_outcomes, write_report
 
     inputs = (args.inputs or DEFAULT_INPUTS).resolve()
     if not (inputs / "molecule_nve" / "input.xml").is_file():
@@ -78,8 +78,13 @@ def _run(args: argparse.Namespace) -> int:
     except (Interrupted, KeyboardInterrupt) as err:
         ctx.log(f"interrupted ({err}): writing the report of what is done")
         code = 130
+    # --only into a folder with a report of the same mode and model: the other
+    # experiments keep their results there, so the report stays whole.
+    kept = [] if only is None else kept_outcomes(out, only, settings.quick, args.model)
+    outcomes = sorted(outcomes + kept, key=lambda o: int(o.number))
     meta = {
         "quick": settings.quick,
+        "kept": [int(o.number) for o in kept],
         "model": args.model,
         "threads": threads,
         "elapsed": time.monotonic() - ctx.t0,

@@ -411,19 +411,40 @@ def molecule_nve(ctx: Context, o: Outcome) -> None:
 def _test_frames_scan(ctx: Context, o: Outcome, ev) -> None:
     """Energy error against the largest grid on the model's test frames (the study's
     grid-convergence numbers), when the training data is in the checkout."""
-    s = ctx.settings
-    data = ctx.inputs.parent / "data" / "water_revpbe0d3_160.xyz"
-    metrics = Path(__file__).resolve().parents[1] / "models" / f"{ctx.model}.metrics.json"
-    if s.test_frames < 1 or not data.is_file() or not metrics.is_file():
-        o.notes.append("grid convergence on test frames skipped (no data or test split here)")
-        return
+    import hashlib
     import json
 
     import ase.io
 
     from ..evaluator import Structure
 
-    split = json.loads(metrics.read_text()).get("split", {}).get("test", [])[: s.test_frames]
+    s = ctx.settings
+    metrics = Path(__file__).resolve().parents[1] / "models" / f"{ctx.model}.metrics.json"
+    if s.test_frames < 1 or not metrics.is_file():
+        o.notes.append("grid convergence on test frames skipped (no test split for this model)")
+        return
+    record = json.loads(metrics.read_text())
+    name = record.get("data", "water_revpbe0d3_160.xyz")
+    # The training data sits in the checkout's data/: next to the inputs given (--inputs),
+    # in the working directory, or above the package when it runs from the checkout (the
+    # inputs installed with the package have no data beside them).
+    candidates = [
+        ctx.inputs.parent / "data" / name,
+        Path.cwd() / "data" / name,
+        Path(__file__).resolve().parents[3] / "data" / name,
+    ]
+    data = next((c for c in candidates if c.is_file()), None)
+    if data is None:
+        o.notes.append(
+            f"grid convergence on test frames skipped: no data/{name} in the checkout "
+            "(run from the repository root)"
+        )
+        return
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()
+    if record.get("data_sha256", digest) != digest:
+        o.notes.append(f"grid convergence on test frames skipped: {data} is not the model's data")
+        return
+    split = record.get("split", {}).get("test", [])[: s.test_frames]
     frames = [ase.io.read(data, i) for i in split]
     ctx.log(f"energy error against the grid size ({len(frames)} test frame(s))")
     n_atoms = len(frames[0])
@@ -855,6 +876,7 @@ def run_experiment(ctx: Context, k: int, exp: Experiment) -> Outcome:
         o.error = f"{type(err).__name__}: {err}\n\n" + traceback.format_exc(limit=-4)
         ctx.log(f"FAILED: {type(err).__name__}: {err}")
     o.elapsed = time.monotonic() - t0
+    o.date = time.strftime("%Y-%m-%d %H:%M")
     write_outcome(ctx.folder / o.key, o)
     ctx.log(f"{o.status} in {o.elapsed:.0f} s")
     ctx.stage = ""

@@ -81,6 +81,7 @@ class Outcome:
     data: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     elapsed: float = 0.0
+    date: str = ""  #: when it finished (YYYY-MM-DD HH:MM)
 
     @property
     def number(self) -> str:
@@ -106,7 +107,21 @@ class Outcome:
             "plots": [{"caption": c, "path": p} for c, p in self.plots],
             "runs": self.runs,
             "data": self.data,
+            "date": self.date,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict, date: str = "") -> Outcome:
+        """The inverse of :meth:`to_dict` (an experiment kept from an earlier report;
+        ``date``: that report's, for summaries written before outcomes had their own)."""
+        o = cls(d["key"], d["title"], d["status"], error=d.get("error"))
+        o.elapsed = float(d.get("elapsed_s", 0.0))
+        o.notes = list(d.get("notes", []))
+        o.tables = [Table(t["title"], [Row(**r) for r in t["rows"]]) for t in d["tables"]]
+        o.plots = [(q["caption"], q["path"]) for q in d.get("plots", [])]
+        o.runs, o.data = dict(d.get("runs", {})), dict(d.get("data", {}))
+        o.date = d.get("date") or date
+        return o
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -181,13 +196,19 @@ def render(outcomes: list[Outcome], meta: dict[str, Any]) -> str:
         "of the effects, not values to match",
         '- study values from `DESIGN.md` ("Reference facts from the study"); `—`: the '
         "study gives no number for it",
-        "",
-        "| experiment | status | wall time |",
-        "| --- | --- | --- |",
     ]
+    kept = meta.get("kept") or []
+    if kept:
+        out.append(
+            f"- experiment(s) {', '.join(str(k) for k in kept)} kept from an earlier run of the "
+            "same mode and model (`--only` reran the others); each one's date is in the table"
+        )
+    out += ["", "| experiment | status | wall time |" + (" run on |" if kept else "")]
+    out.append("| --- | --- | --- |" + (" --- |" if kept else ""))
     for o in outcomes:
         head = f"{o.number}. {o.title}"
-        out.append(f"| [{head}](#{_anchor(head)}) | {o.status} | {o.elapsed:.0f} s |")
+        row = f"| [{head}](#{_anchor(head)}) | {o.status} | {o.elapsed:.0f} s |"
+        out.append(row + (f" {o.date or '?'} |" if kept else ""))
     out.append("")
     compared = [
         Row(f"({o.number}) {r.quantity}", r.value, r.err, r.unit, r.study, r.note)
@@ -236,6 +257,27 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def kept_outcomes(out: Path, rerun: set[int], quick: bool, model: str) -> list[Outcome]:
+    """The experiments of the report in ``out`` that are not in ``rerun``, if that report
+    was made in the same mode with the same model (else none: a report never mixes
+    them). Lets ``symbreak reproduce --only N`` update one experiment of a full report."""
+    import json
+
+    path = out / "reproduction" / "summary.json"
+    if not path.is_file():
+        return []
+    try:
+        previous = json.loads(path.read_text())
+        meta = previous["meta"]
+        if bool(meta.get("quick")) != quick or meta.get("model") != model:
+            return []
+        date = str(meta.get("date", ""))
+        kept = [Outcome.from_dict(d, date) for d in previous["experiments"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # unreadable: rerun what was asked, report only that
+    return [o for o in kept if int(o.number) not in rerun]
 
 
 def write_report(out: Path, outcomes: list[Outcome], meta: dict[str, Any]) -> Path:
