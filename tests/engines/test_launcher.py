@@ -317,7 +317,11 @@ def test_sigint_stops_cleanly(tmp_path, tiny):
     rc, out = finished(proc, 60)
     assert rc == 128 + signal.SIGINT, out[-3000:]
     assert "received SIGINT" in out
-    assert (run_dir / "RESTART").is_file()  # i-PI's soft-exit checkpoint
+    # i-PI's soft-exit checkpoint. Seen missing once in ~15 CI runs (not reproduced in 10
+    # local runs, 6 of them on loaded cores): keep i-PI's own account for the next time.
+    ipi_log = run_dir / "ipi.log"
+    tail = ipi_log.read_text()[-3000:] if ipi_log.is_file() else "(no ipi.log)"
+    assert (run_dir / "RESTART").is_file(), f"{out[-2000:]}\n--- ipi.log ---\n{tail}"
     assert_clean(run_dir, out)
 
 

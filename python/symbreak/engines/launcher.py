@@ -1029,6 +1029,8 @@ class Launcher:
                 self.say(f"i-PI did not stop within {grace:g} s: killing it")
                 self.ipi.signal(signal.SIGKILL)
                 self.ipi.wait(5.0)
+            if not (self.run_dir / "RESTART").is_file():  # promised by the exit codes 4, 128+n
+                self.say(f"i-PI stopped without writing its RESTART (see {self.ipi.log})")
         # clients got EXIT (or lost the connection); give them time to leave
         deadline = time.monotonic() + (grace if code == EXIT_OK else min(grace, 5.0))
         for c in self.clients:
