@@ -21,7 +21,7 @@ import torch
 
 from symbreak.graph import build_graph
 from symbreak.rotations import random_rotations
-from symbreak.training import Trainer, collate, evaluate, predict
+from symbreak.training import Sample, Trainer, collate, evaluate, predict
 from symbreak.training_config import TrainConfig
 
 CHECKPOINT = "training/water-revpbe0d3/checkpoint.pt"
@@ -43,20 +43,13 @@ def molecules(rng, n: int) -> list:
 
 def learned_force_msq(model, graphs) -> torch.Tensor:
     """Mean square of the learned part's forces (eV/Å)² over the molecules' atoms."""
-    atom_off = np.arange(len(graphs)) * 3
-    edge_off = np.cumsum([0] + [len(g.centers) for g in graphs[:-1]])
-    cat = np.concatenate
-    species = torch.from_numpy(cat([g.species for g in graphs]))
-    centers = torch.from_numpy(cat([g.centers + o for g, o in zip(graphs, atom_off, strict=True)]))
-    neighbors = torch.from_numpy(
-        cat([g.neighbors + o for g, o in zip(graphs, atom_off, strict=True)])
-    )
-    reverse = torch.from_numpy(cat([g.reverse + o for g, o in zip(graphs, edge_off, strict=True)]))
-    vectors = torch.from_numpy(cat([g.vectors for g in graphs])).float().requires_grad_(True)
-    energy = model.learned_energies(species, centers, neighbors, vectors, reverse).sum()
+    samples = [Sample(g, 0.0, np.zeros((g.n_atoms, 3))) for g in graphs]  # labels unused
+    b = collate(samples, None)
+    vectors = b.vectors.detach().requires_grad_(True)
+    energy = model.learned_energies(b.species, b.centers, b.neighbors, vectors, b.reverse).sum()
     (grad,) = torch.autograd.grad(energy, vectors, create_graph=True)
-    forces = torch.zeros(len(species), 3).index_add(0, centers, grad)
-    return (forces.index_add(0, neighbors, -grad) ** 2).mean()
+    forces = torch.zeros(len(b.species), 3).index_add(0, b.centers, grad)
+    return (forces.index_add(0, b.neighbors, -grad) ** 2).mean()
 
 
 def oh_scan(model) -> list[int]:
