@@ -82,13 +82,16 @@ def test_a_few_steps_reduce_the_loss(tiny_data, tmp_path, autocast):
     assert after < 0.9 * before
 
 
-def test_resume_continues_exactly(tiny_data, tmp_path):
-    straight = Trainer(config(tiny_data, tmp_path / "a", epochs=2), progress=False)
+@pytest.mark.parametrize("gas_weight", [0.0, 1.0])
+def test_resume_continues_exactly(tiny_data, tmp_path, gas_weight):
+    """Also with the gas-phase term, whose molecules are drawn from the epoch's generator."""
+    kw = dict(epochs=2, gas_weight=gas_weight)
+    straight = Trainer(config(tiny_data, tmp_path / "a", **kw), progress=False)
     straight.fit()
-    first = Trainer(config(tiny_data, tmp_path / "b", epochs=2, max_minutes=1e-9), progress=False)
+    first = Trainer(config(tiny_data, tmp_path / "b", **kw, max_minutes=1e-9), progress=False)
     first.fit()  # stops after one epoch, with a checkpoint
     assert first.epoch == 1
-    resumed = Trainer(config(tiny_data, tmp_path / "b", epochs=2), progress=False)
+    resumed = Trainer(config(tiny_data, tmp_path / "b", **kw), progress=False)
     resumed.load_checkpoint()
     resumed.fit()
     for a, b in zip(
@@ -170,11 +173,13 @@ def test_train_command_line(tiny_data, tmp_path):
     argv = ["train", "--data", str(tiny_data), "--workdir", str(tmp_path), "--output", str(out)]
     argv += ["--epochs", "1", "--n-test", "1", "--n-val", "1", "--threads", "1", "--quiet"]
     argv += ["--train-pair", "--force-loss", "huber", "--huber-delta", "0.2"]
+    argv += ["--gas-weight", "0.5", "--gas-molecules", "4", "--gas-noise", "0.03"]
     argv += ["--model-config", json.dumps(TINY)]
     assert main(argv) == 0
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["train_config"]
     assert saved["train_pair"] is True and saved["force_loss"] == "huber"
     assert saved["huber_delta"] == 0.2 and saved["model"] == TINY
+    assert (saved["gas_weight"], saved["gas_molecules"], saved["gas_noise"]) == (0.5, 4, 0.03)
     assert out.is_file() and out.with_suffix(".metrics.json").is_file()
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .gas_phase import cut_molecules, distorted_graphs, learned_force_msq
 from .graph import Graph, build_graph
 from .model import PET, PETConfig, count_parameters
 from .pair import fit_pair_prior
@@ -211,6 +212,14 @@ class Trainer:
         self.train = [samples[k] for k in self.split["train"]]
         self.val = [samples[k] for k in self.split["val"]]
         self.test = [samples[k] for k in self.split["test"]]
+        self.gas_molecules = []
+        if cfg.gas_weight > 0:
+            self.gas_molecules = cut_molecules([frames[k] for k in self.split["train"]])
+            if not self.gas_molecules:
+                raise ValueError(
+                    f"{cfg.data}: --gas-weight needs molecules, but no training frame has a "
+                    "covalently bonded group of at most 12 atoms"
+                )
         self.model = PET(self.model_cfg)
         forces = np.concatenate([s.forces for s in self.train])
         force_rms = float(np.sqrt((forces**2).mean()))
@@ -276,7 +285,7 @@ class Trainer:
         order = rng.permutation(len(self.train))
         w_energy = self.energy_weight(self.epoch)
         self.model.train()
-        sums = {"loss": 0.0, "force_mse": 0.0, "energy_mse": 0.0}
+        sums = {"loss": 0.0, "force_mse": 0.0, "energy_mse": 0.0, "gas_force_msq": 0.0}
         bar = tqdm(
             range(0, len(order), cfg.batch_size),
             desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
@@ -289,6 +298,7 @@ class Trainer:
             batch = collate(chunk, rot)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
                 energy, forces = predict(self.model, batch, create_graph=True)
+                gas = self._gas_force_msq(rng) if cfg.gas_weight > 0 else torch.zeros(())
             forces = forces.float()  # the losses in float32 either way
             force_mse = ((forces - batch.forces) ** 2).mean()
             energy_mse = (((energy - batch.energy) / batch.n_atoms) ** 2).mean()
@@ -299,22 +309,27 @@ class Trainer:
                 )
             else:
                 force_loss = force_mse
-            loss = force_loss + w_energy * energy_mse
+            loss = force_loss + w_energy * energy_mse + cfg.gas_weight * gas.float()
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(self.step)
             self.optimizer.zero_grad(set_to_none=True)
             value, f_mse, e_mse = loss.item(), force_mse.item(), energy_mse.item()
+            gas_msq = gas.item()
+            # The guard watches the data loss only: the gas term of a run resumed with it
+            # starts large by design (the learned part's untrained gas-phase forces).
+            data_loss = value - cfg.gas_weight * gas_msq
             mean = self.loss_mean
-            if cfg.spike_factor > 0 and mean is not None and value > cfg.spike_factor * mean:
+            if cfg.spike_factor > 0 and mean is not None and data_loss > cfg.spike_factor * mean:
                 self.skipped += 1  # one huge gradient step can wreck a run: skip it, log it
             else:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
                 self.optimizer.step()
                 self._update_ema()
-                self.loss_mean = value if mean is None else 0.98 * mean + 0.02 * value
+                self.loss_mean = data_loss if mean is None else 0.98 * mean + 0.02 * data_loss
             self.step += 1
             sums["loss"] += value
+            sums["gas_force_msq"] += gas_msq
             sums["force_mse"] += f_mse
             sums["energy_mse"] += e_mse
             bar.set_postfix(
@@ -326,6 +341,18 @@ class Trainer:
             "energy_weight": w_energy,
             "skipped_steps": self.skipped,
         }
+
+    def _gas_force_msq(self, rng: np.random.Generator) -> torch.Tensor:
+        """The gas-phase term before its weight: learned-part forces² on isolated molecules
+        (drawn from the epoch's generator, so a resumed run draws the same ones)."""
+        cfg, mc = self.cfg, self.model_cfg
+        graphs = distorted_graphs(
+            self.gas_molecules, rng, cfg.gas_molecules, cfg.gas_noise, mc.cutoff, mc.species
+        )
+        b = collate([Sample(g, 0.0, np.zeros((g.n_atoms, 3))) for g in graphs], None)
+        return learned_force_msq(
+            self.model, b.species, b.centers, b.neighbors, b.vectors, b.reverse
+        )
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -453,7 +480,12 @@ class Trainer:
                 f"epoch {self.epoch:4d}  train F rmse {1e3 * record['force_mse'] ** 0.5:6.1f}  "
                 f"val F mae {record['val_force_mae_meV_A']:6.1f} meV/Å  "
                 f"val E mae {record['val_energy_mae_meV_atom']:6.2f} meV/atom  "
-                f"lr {record['lr']:.1e}  {record['seconds']:.0f}s",
+                f"lr {record['lr']:.1e}  {record['seconds']:.0f}s"
+                + (
+                    f"  gas learned F rms {1e3 * record['gas_force_msq'] ** 0.5:.0f} meV/Å"
+                    if cfg.gas_weight > 0
+                    else ""
+                ),
                 flush=True,
             )
             if cfg.max_minutes and (time.monotonic() - t0) / 60 > cfg.max_minutes:
