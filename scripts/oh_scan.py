@@ -1,6 +1,6 @@
 """Scan one O–H bond of an isolated water molecule with a model, term by term.
 
-    python scripts/oh_scan.py [MODEL ...] [--plot oh_scan.png]
+    python scripts/oh_scan.py [MODEL ...] [--plot oh_scan.png] [--labels A,B,...]
 
 MODEL: a shipped name or exported file (default: water-revpbe0d3); several are compared.
 The molecule: O at the origin, one H at r (0.80–1.30 Å every 0.02 Å), the other at 0.97 Å,
@@ -49,12 +49,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=["water-revpbe0d3"])
     parser.add_argument("--plot", help="write the whole models' curves to this PNG")
+    parser.add_argument("--labels", help="comma-separated legend labels, one per model")
     args = parser.parse_args()
+    labels = args.labels.split(",") if args.labels else args.models
+    if len(labels) != len(args.models):
+        parser.error(f"--labels has {len(labels)} labels for {len(args.models)} models")
     print("r (Å):".ljust(34) + " ".join(f"{r:5.2f}" for r in R[::2]))
     curves = {}
     for name in args.models:
         terms = scan(name)
-        curves[name] = terms["model"]
+        curves[labels[len(curves)]] = terms["model"]
         for term, e in terms.items():
             mev = 1e3 * (e - e.min())
             print(f"{name[-22:]:>22} {term:>10}: " + " ".join(f"{v:5.0f}" for v in mev[::2]))
