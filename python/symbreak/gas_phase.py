@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .graph import Graph, build_graph
+from .model import atom_forces
 from .rotations import random_rotations
 
 # A non-periodic box far larger than any molecule plus the cutoff.
@@ -99,6 +100,5 @@ def learned_force_msq(model, species, centers, neighbors, vectors, reverse) -> t
     vectors = vectors.detach().requires_grad_(True)
     energy = model.learned_energies(species, centers, neighbors, vectors, reverse).sum()
     (grad,) = torch.autograd.grad(energy, vectors, create_graph=True)
-    forces = torch.zeros(species.shape[0], 3, dtype=grad.dtype).index_add(0, centers, grad)
-    forces = forces.index_add(0, neighbors, -grad)
+    forces = atom_forces(grad, centers, neighbors, species.shape[0])
     return (forces.float() ** 2).mean()

@@ -86,6 +86,13 @@ class PETConfig:
         return asdict(self)
 
 
+def atom_forces(edge_grad: Tensor, centers: Tensor, neighbors: Tensor, n_atoms: int) -> Tensor:
+    """Forces [N, 3] on atoms from dE/dr_ij [E, 3] of edge vectors r_ij = x_j - x_i (+ shift):
+    +dE/dr_ij on the centre i, -dE/dr_ij on the neighbour j."""
+    forces = torch.zeros(n_atoms, 3, dtype=edge_grad.dtype, device=edge_grad.device)
+    return forces.index_add(0, centers, edge_grad).index_add(0, neighbors, -edge_grad)
+
+
 def log_switch(r: Tensor, cutoff: float, width: float) -> Tensor:
     """Logarithm of a C-infinity switching function, [E].
 
@@ -386,9 +393,7 @@ class PET(nn.Module):
             assert g_prior is not None
             prior_grad = g_prior
         prior_eps = prior_eps.detach()
-        prior_forces = torch.zeros(n_atoms, 3, dtype=dtype, device=device)
-        prior_forces = prior_forces.index_add(0, centers, prior_grad)
-        prior_forces = prior_forces.index_add(0, neighbors, -prior_grad)
+        prior_forces = atom_forces(prior_grad, centers, neighbors, n_atoms)
 
         energy_rot = torch.zeros(n_structures, n_rot, dtype=f64, device=device)
         baseline = self.baseline_energies(species)

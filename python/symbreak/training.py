@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .gas_phase import cut_molecules, distorted_graphs, learned_force_msq
 from .graph import Graph, build_graph
-from .model import PET, PETConfig, count_parameters
+from .model import PET, PETConfig, atom_forces, count_parameters
 from .pair import fit_pair_prior
 from .rotations import random_rotations
 from .threebody import fit_three_body
@@ -170,9 +170,7 @@ def predict(model: PET, batch: Batch, create_graph: bool) -> tuple[torch.Tensor,
         0, batch.structure, model.baseline_energies(batch.species)
     )
     energy = interaction.double() + baseline
-    forces = torch.zeros_like(vectors[: batch.species.shape[0]]).index_add(0, batch.centers, grad)
-    forces = forces.index_add(0, batch.neighbors, -grad)
-    return energy, forces
+    return energy, atom_forces(grad, batch.centers, batch.neighbors, batch.species.shape[0])
 
 
 def evaluate(model: PET, samples: list[Sample], batch_size: int = 4) -> dict[str, float]:
@@ -309,27 +307,27 @@ class Trainer:
                 )
             else:
                 force_loss = force_mse
-            loss = force_loss + w_energy * energy_mse + cfg.gas_weight * gas.float()
+            data_loss = force_loss + w_energy * energy_mse
+            loss = data_loss + cfg.gas_weight * gas.float()
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(self.step)
             self.optimizer.zero_grad(set_to_none=True)
             value, f_mse, e_mse = loss.item(), force_mse.item(), energy_mse.item()
-            gas_msq = gas.item()
             # The guard watches the data loss only: the gas term of a run resumed with it
             # starts large by design (the learned part's untrained gas-phase forces).
-            data_loss = value - cfg.gas_weight * gas_msq
+            data_value = data_loss.item()
             mean = self.loss_mean
-            if cfg.spike_factor > 0 and mean is not None and data_loss > cfg.spike_factor * mean:
+            if cfg.spike_factor > 0 and mean is not None and data_value > cfg.spike_factor * mean:
                 self.skipped += 1  # one huge gradient step can wreck a run: skip it, log it
             else:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
                 self.optimizer.step()
                 self._update_ema()
-                self.loss_mean = data_loss if mean is None else 0.98 * mean + 0.02 * data_loss
+                self.loss_mean = data_value if mean is None else 0.98 * mean + 0.02 * data_value
             self.step += 1
             sums["loss"] += value
-            sums["gas_force_msq"] += gas_msq
+            sums["gas_force_msq"] += gas.item()
             sums["force_mse"] += f_mse
             sums["energy_mse"] += e_mse
             bar.set_postfix(

@@ -415,12 +415,12 @@ def molecule_nve(ctx: Context, o: Outcome) -> None:
 def _test_frames_scan(ctx: Context, o: Outcome, ev) -> None:
     """Energy error against the largest grid on the model's test frames (the study's
     grid-convergence numbers), when the training data is in the checkout."""
-    import hashlib
     import json
 
     import ase.io
 
     from ..evaluator import Structure
+    from ..training import file_fingerprint
 
     s = ctx.settings
     metrics = Path(__file__).resolve().parents[1] / "models" / f"{ctx.model}.metrics.json"
@@ -444,7 +444,7 @@ def _test_frames_scan(ctx: Context, o: Outcome, ev) -> None:
             "(run from the repository root)"
         )
         return
-    digest = hashlib.sha256(data.read_bytes()).hexdigest()
+    digest = file_fingerprint(data)
     if record.get("data_sha256", digest) != digest:
         o.notes.append(f"grid convergence on test frames skipped: {data} is not the model's data")
         return
