@@ -56,9 +56,9 @@ def main() -> None:
         parser.error(f"--labels has {len(labels)} labels for {len(args.models)} models")
     print("r (Å):".ljust(34) + " ".join(f"{r:5.2f}" for r in R[::2]))
     curves = {}
-    for name in args.models:
+    for name, label in zip(args.models, labels, strict=True):
         terms = scan(name)
-        curves[labels[len(curves)]] = terms["model"]
+        curves[label] = terms["model"]
         for term, e in terms.items():
             mev = 1e3 * (e - e.min())
             print(f"{name[-22:]:>22} {term:>10}: " + " ".join(f"{v:5.0f}" for v in mev[::2]))

@@ -118,7 +118,7 @@ QUICK = Settings(
 
 # Full run: ≈ 85 min on 2 busy cores with one torch thread and the interim model (≈ 0.11 s
 # per 192-atom evaluation and rotation; molecule steps 10–40 ms with i-PI); the time
-# limits (runs, ice budget) cap it at ≈ 120 min whatever the model costs.
+# limits (runs, ice budget) cap it at ≈ 135 min whatever the model costs.
 FULL = Settings(
     quick=False,
     nve_steps=10000,  # 5 ps
