@@ -18,24 +18,9 @@ import numpy as np
 
 from ..analysis.report import new_figure, save_figure, write_json
 
-#: The study's numbers (Langer, Pozdnyakov, Ceriotti, MLST 5, 04LT01 (2024)), as
-#: collected in DESIGN.md, "Reference facts from the study".
-STUDY: dict[str, str] = {
-    "break_test_E": "0.027 meV/atom",
-    "break_test_F": "2.04 meV/Å",
-    "break_bulk_E": "0.005 meV/atom",
-    "break_bulk_F": "1.21 meV/Å",
-    "break_gas_E": "2.82 meV/molecule",
-    "break_gas_F": "11.8 meV/Å",
-    # energy error against the largest grid (150 rotations), test frames, meV/structure
-    "grid_1": "5.09 meV/structure",
-    "grid_2": "2.57 meV/structure",
-    "grid_18": "0.56 meV/structure",
-    "grid_36": "0.28 meV/structure",
-    "grid_75": "0.16 meV/structure",
-    "gas": "visible but stable artefacts",
-    "bulk": "negligible effect",
-}
+# The study's reference numbers (re-exported: experiments read them from here).
+from .study import SHORT_CITATION
+from .study import STUDY as STUDY
 
 
 @dataclass
@@ -194,7 +179,7 @@ def render(outcomes: list[Outcome], meta: dict[str, Any]) -> str:
         "the study's PET was larger and more accurate "
         "(force MAE 16.6 meV/Å), so its numbers are a reference for the size and direction "
         "of the effects, not values to match",
-        '- study values from `DESIGN.md` ("Reference facts from the study"); `—`: the '
+        f"- study values from {SHORT_CITATION} (`symbreak.reproduce.study`); `—`: the "
         "study gives no number for it",
     ]
     kept = meta.get("kept") or []
