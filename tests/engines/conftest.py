@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import sys
 import threading
-from pathlib import Path
 
 import pytest
+from ipi_helpers import short_tmpdir
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ipi_helpers import short_tmpdir  # noqa: E402
-
-from symbreak.engines.ipi_client import IPIClient  # noqa: E402
+from symbreak.engines.ipi_client import IPIClient
 
 
 @pytest.fixture

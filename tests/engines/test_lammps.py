@@ -29,12 +29,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import tiny_pet, water_frame
 from symbreak.engines import lammps as sb_lammps
 from symbreak.evaluator import Evaluator, Structure
 from symbreak.rotations import grid
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import tiny_pet, water_frame  # noqa: E402
 
 NKTV2P_METAL = 1.6021765e6  # LAMMPS metal units: bar per (eV / A^3)
 TIMEOUT = 240  # s, one LAMMPS process

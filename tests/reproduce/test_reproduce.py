@@ -20,9 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engines"))
-
 from ipi_helpers import start_process  # noqa: E402
 
 from symbreak.reproduce.inputs import DEFAULT_INPUTS, Input, policy_parameters  # noqa: E402
