@@ -39,8 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, export_random_model, water  # noqa: E402
+from common import export_random_model, water
 
 
 def _maxrss_mb() -> float:
@@ -102,11 +101,9 @@ def worker(case: dict) -> dict:
 
 
 def run_case(case: dict) -> dict:
-    """Run ``worker(case)`` in a fresh Python (its own peak memory)."""
+    """Run ``worker(case)`` in a fresh Python (its own peak memory), with the same installed
+    symbreak as this one."""
     env = dict(os.environ, OMP_NUM_THREADS=str(case["threads"]))
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (env.get("PYTHONPATH", ""), str(REPO / "python")) if p
-    )
     out = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(case)],
         capture_output=True,

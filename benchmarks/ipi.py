@@ -46,8 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, export_random_model, water  # noqa: E402
+from common import export_random_model, water
 
 HARTREE_IN_EV = 27.211386245988  # CODATA 2018, as the client
 IPI_PREFIX = "/tmp/ipi_"  # fixed prefix of an <ffsocket> nested in <ffrotations>
@@ -132,10 +131,7 @@ class Run:
 
 
 def _env(threads: int) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO / "python")] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
+    env = dict(os.environ)  # i-PI and the clients run the installed symbreak, as this script
     env["OMP_NUM_THREADS"] = str(threads)
     env["PYTHONUNBUFFERED"] = "1"
     return env

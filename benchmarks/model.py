@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import export_random_model, water  # noqa: E402
+from common import export_random_model, water
 
 TIMESTEP_FS = 0.5
 

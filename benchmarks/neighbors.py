@@ -6,8 +6,8 @@ threaded), the ratio symbreak / vesin, and checks every system's pair count agai
     python benchmarks/neighbors.py [--sizes 192 1536 12288 98304] [--cutoffs 4 8]
                                    [--repeats 5] [--threads 1 2]
 
-Systems: 192 atoms = the first frame of water_revpbe0d3_160.xyz; 1536 = liquid_512h2o.xyz;
-12288 and 98304 = its 2x2x2 and 4x4x4 repeats.
+Systems: 192 atoms = the first frame of data/water_revpbe0d3_160.xyz; 1536 = the 512-H2O box
+ipi_inputs/mts_water512/liquid_512h2o.xyz; 12288 and 98304 = its 2x2x2 and 4x4x4 repeats.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import functools
 import gc
 import statistics
 import time
-from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -25,14 +24,15 @@ from ase.neighborlist import primitive_neighbor_list
 
 from symbreak.neighbors import neighbor_list
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the checkout
+from common import LIQUID_1536, WATER_160
+
 ASE_LIMIT_S = 10.0  # skip ASE where one call would take longer than this (predicted)
 
 
 def water(n_atoms: int) -> ase.Atoms:
     if n_atoms == 192:
-        return ase.io.read(DATA / "water_revpbe0d3_160.xyz", index=0)
-    base = ase.io.read(DATA / "liquid_512h2o.xyz")
+        return ase.io.read(WATER_160, index=0)
+    base = ase.io.read(LIQUID_1536)
     rep = round((n_atoms / len(base)) ** (1 / 3))
     if len(base) * rep**3 != n_atoms:
         raise SystemExit(f"no water box of {n_atoms} atoms (192, 1536 x k^3)")
