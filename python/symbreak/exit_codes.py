@@ -18,10 +18,14 @@ RUN_CLIENT_FAILED = 3  #: a client failed (non-zero exit or killed)
 RUN_TIMEOUT = 4  #: --timeout elapsed; i-PI was stopped cleanly (RESTART written)
 RUN_STOPPED_EARLY = 5  #: i-PI stopped early without an error (EXIT file, <total_time>, ...)
 
+# -- symbreak reproduce (the study's experiments, one launcher run each) ---------------------
+REPRODUCE_FAILED = 2  #: one or more experiments failed (the report says which and why)
+
 # -- symbreak serve (one i-PI socket client) ---------------------------------------------
 SERVE_ERROR = 1  #: protocol error, invalid data, or the model failed
 SERVE_CONNECT_FAILED = 2  #: no server came up within the connect timeout
 SERVE_DISCONNECTED = 3  #: the server went away without sending EXIT
+SERVE_TIMEOUT = 4  #: the server accepted the connection but sent nothing within --timeout
 
 
 def from_signal(signum: int) -> int:
@@ -43,7 +47,9 @@ Every process started is ended and every socket file removed in all cases."""
 
 SERVE_HELP = f"""exit codes:
   {OK}      the server sent EXIT
-  {SERVE_ERROR}      protocol error, invalid data, or the model failed
+  {SERVE_ERROR}      protocol error, invalid data, the model failed, or i-PI's INIT
+         <parameters> were refused (bad averaging policy: nothing was served)
   {SERVE_CONNECT_FAILED}      no server came up within --connect-timeout
   {SERVE_DISCONNECTED}      the server went away without sending EXIT
+  {SERVE_TIMEOUT}      the server accepted the connection but sent nothing within --timeout
   128+n  ended by signal n (130: SIGINT/Ctrl-C, 143: SIGTERM); sockets removed"""

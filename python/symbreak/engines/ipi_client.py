@@ -1,35 +1,21 @@
 """i-PI socket client, generic over a *driver* object (the engine adapter for i-PI).
 
-The client speaks the i-PI wire protocol as implemented by ipi 3.3.1
-(``ipi/interfaces/sockets.py``, classes ``Driver`` and ``InterfaceSocket``), converts
-units and cell conventions, and hands the structures to a :class:`Driver`, which works
-in Å and eV only.
-
-Wire protocol (server → client headers are 12-byte, space-padded ASCII; ints are int32
-and floats float64 in native byte order)::
-
-    STATUS    -> reply NEEDINIT | READY | HAVEDATA
-    INIT      int32 bead index, int32 length, `length` bytes of parameters string
-    POSDATA   unbatched: h (9), h^-1 (9), int32 N, positions (3N)
-              batched (batch_size B > 1, announced as "batch_size:B" appended to the INIT
-              string): int32 N, B x [h (9), h^-1 (9)], positions (B x 3N)
-    GETFORCE  -> reply FORCEREADY then
-              unbatched: energy, int32 N, forces (3N), virial (9), int32 len, extras
-              batched:   energies (B), int32 N, forces (B x 3N), virials (B x 9),
-                         B x [int32 len, extras]
-    EXIT      the client ends
+Connection handling and the serving loop; the wire codec (headers, message layouts,
+INIT-string parsing) is :mod:`symbreak.engines.ipi_protocol`, as ASE splits
+``SocketClient`` from ``IPIProtocol``. The client converts i-PI's units and cell
+conventions and hands the structures to a :class:`Driver`, which works in Å and eV only.
 
 Since ipi 3.2 the server sends POSDATA and GETFORCE in one write, with no STATUS in
 between ("consolidate_messages"); the client computes as soon as POSDATA has arrived, so
 both orders work. Batched requests are always padded by the server to exactly B
 structures (it replicates the last one and discards the padded results).
 
-Units and conventions at the wire: Bohr, Hartree, Hartree/Bohr (CODATA 2018 factors
-below); the cell ``h`` has the lattice vectors as **columns** (a general matrix: rotated
-or inverted cells from ``<ffrotations>`` are neither upper triangular nor right handed);
-the virial is ``-dE/d(strain)`` in Hartree, not divided by the volume, in i-PI's
-column convention (the transpose of the ASE/row-convention virial the driver returns;
-the two agree for symmetric virials).
+Units and conventions at the wire: Bohr, Hartree, Hartree/Bohr with i-PI's own factors
+(:mod:`symbreak.engines.units`); the cell ``h`` has the lattice vectors as **columns** (a
+general matrix: rotated or inverted cells from ``<ffrotations>`` are neither upper
+triangular nor right handed); the virial is ``-dE/d(strain)`` in Hartree, not divided by
+the volume, in i-PI's column convention (the transpose of the ASE/row-convention virial
+the driver returns; the two agree for symmetric virials).
 
 Driver side: cells ``[B, 3, 3]`` in Å with lattice vectors as **rows** (ASE), positions
 ``[B, N, 3]`` in Å; results per structure: energy (eV), forces ``[N, 3]`` (eV/Å), virial
@@ -37,6 +23,12 @@ Driver side: cells ``[B, 3, 3]`` in Å with lattice vectors as **rows** (ASE), p
 JSON-serialisable dict, forwarded to i-PI, which parses it into fields that
 ``<trajectory extra_type="key">extras</trajectory>`` can write; the key ``"raw"`` is
 reserved by i-PI and refused here).
+
+The driver runs on a worker thread of its own, so that a signal (SIGINT, SIGTERM) ends
+the client within a fraction of a second even in the middle of a long model call: the
+thread that runs :meth:`IPIClient.run` handles the signal, closes the connection and the
+control socket and returns ``128 + n``; the abandoned call finishes (or dies with the
+process) on its daemon thread.
 
 Socket addresses: a unix socket lives at ``sockets_prefix + address``, exactly as i-PI
 builds it (``<simulation sockets_prefix=...>`` / ``i-pi -S``, whose default is
@@ -51,19 +43,29 @@ carries only segment names) — use ``mode='unix'``.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import math
+import queue
 import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .. import exit_codes
+from . import ipi_protocol as wire
 from .control import ControlError, ControlServer, PolicySlot
+from .ipi_protocol import (
+    InvalidDataError,
+    ProtocolError,
+    parse_parameters,
+    split_init_string,
+)
+from .sockets import IPI_DEFAULT_PREFIX, UNIX_PATH_MAX, unix_socket_path
+from .units import BOHR_IN_ANGSTROM, FORCE_EV_A_TO_HA_BOHR, HARTREE_IN_EV
 
 __all__ = [
     "BOHR_IN_ANGSTROM",
@@ -72,6 +74,7 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_CONNECT_FAILED",
     "EXIT_DISCONNECTED",
+    "EXIT_TIMEOUT",
     "ClientError",
     "ConnectError",
     "Driver",
@@ -80,6 +83,7 @@ __all__ = [
     "InvalidDataError",
     "ProtocolError",
     "ServerDisconnected",
+    "ServerTimeout",
     "parse_parameters",
     "split_init_string",
     "unix_socket_path",
@@ -87,32 +91,13 @@ __all__ = [
 
 log = logging.getLogger("symbreak.engines.ipi")
 
-#: CODATA 2018: 1 Bohr in Å and 1 Hartree in eV.
-BOHR_IN_ANGSTROM = 0.529177210903
-HARTREE_IN_EV = 27.211386245988
-_FORCE_EV_A_TO_HA_BOHR = BOHR_IN_ANGSTROM / HARTREE_IN_EV
-
-#: Exit codes of :meth:`IPIClient.run` (a signal gives ``128 + signal number``).
-EXIT_OK = 0  #: the server sent EXIT
-EXIT_ERROR = 1  #: protocol error, invalid data, or the driver failed
-EXIT_CONNECT_FAILED = 2  #: no server came up within ``connect_timeout``
-EXIT_DISCONNECTED = 3  #: the server went away without sending EXIT
-
-HDRLEN = 12
-_HEADERS = (b"STATUS", b"INIT", b"POSDATA", b"GETFORCE", b"EXIT")
-
-
-def _msg(text: str) -> bytes:
-    return text.upper().ljust(HDRLEN).encode("ascii")
-
-
-_NEEDINIT = _msg("NEEDINIT")
-_READY = _msg("READY")
-_HAVEDATA = _msg("HAVEDATA")
-_FORCEREADY = _msg("FORCEREADY")
-
-# AF_UNIX sun_path holds 108 bytes including the terminating NUL on Linux.
-_UNIX_PATH_MAX = 107
+#: Exit codes of :meth:`IPIClient.run` (a signal gives ``128 + signal number``); the
+#: table is :mod:`symbreak.exit_codes` (SERVE_*).
+EXIT_OK = exit_codes.OK  #: the server sent EXIT
+EXIT_ERROR = exit_codes.SERVE_ERROR  #: protocol error, invalid data, or the driver failed
+EXIT_CONNECT_FAILED = exit_codes.SERVE_CONNECT_FAILED  #: no server within connect_timeout
+EXIT_DISCONNECTED = exit_codes.SERVE_DISCONNECTED  #: the server went away without EXIT
+EXIT_TIMEOUT = exit_codes.SERVE_TIMEOUT  #: connected, but no message within first_message_timeout
 
 
 # --------------------------------------------------------------------------------------
@@ -125,7 +110,7 @@ class Driver(Protocol):
     Optional methods, used when present:
 
     - ``set_policy(**kwargs) -> dict``: change the averaging policy at run time (called by
-      the client on its main thread, right before a force computation, when an update
+      the client's driver thread, right before a force computation, when an update
       arrived on the control channel); returns the new state (JSON-serialisable).
     - ``get_policy() -> dict``: the current state, queried after INIT for control queries.
     """
@@ -133,7 +118,8 @@ class Driver(Protocol):
     def init(self, bead_index: int, parameters: str) -> None:
         """Called on INIT with the bead (request) index and i-PI's ``<parameters>``
         string for this ffsocket ("k : v , k2 : v2 , "; see :func:`parse_parameters`).
-        The ``batch_size`` token i-PI appends is removed."""
+        The ``batch_size`` token i-PI appends is removed. Raising refuses the INIT: the
+        client ends with an error before it answers READY."""
         ...
 
     def compute(
@@ -153,10 +139,10 @@ class Driver(Protocol):
 
 
 # --------------------------------------------------------------------------------------
-# Errors
+# Errors (ProtocolError and InvalidDataError come from the codec)
 # --------------------------------------------------------------------------------------
 class ClientError(RuntimeError):
-    """Base class of the errors that end :meth:`IPIClient.run`."""
+    """Base class of the connection and driver errors that end :meth:`IPIClient.run`."""
 
     exit_code = EXIT_ERROR
 
@@ -173,16 +159,14 @@ class ServerDisconnected(ClientError):
     exit_code = EXIT_DISCONNECTED
 
 
-class ProtocolError(ClientError):
-    """The server sent something the i-PI protocol does not allow."""
+class ServerTimeout(ClientError):
+    """The server accepted the connection but sent nothing within the first-message timeout."""
 
-
-class InvalidDataError(ClientError):
-    """A well-formed message carried unusable data (NaN positions, bad cell)."""
+    exit_code = EXIT_TIMEOUT
 
 
 class DriverError(ClientError):
-    """The driver raised, or returned results that break the driver contract."""
+    """The driver raised, refused INIT, or returned results that break the contract."""
 
 
 class _Interrupted(BaseException):
@@ -193,89 +177,57 @@ class _Interrupted(BaseException):
         self.signum = signum
 
 
+_ENDING = (ClientError, ProtocolError)  # errors that end run() with their exit_code
+
+
 # --------------------------------------------------------------------------------------
-# Helpers
+# The driver's thread
 # --------------------------------------------------------------------------------------
-def unix_socket_path(address: str, sockets_prefix: str = "/tmp/ipi_") -> str:
-    """Path of i-PI's unix socket: ``sockets_prefix + address`` (i-PI's own rule)."""
-    return f"{sockets_prefix}{address}"
+class _DriverThread:
+    """Runs every driver call on one daemon thread; the caller waits in short slices, so
+    that the thread running the client (the main thread, which gets the signals) can be
+    interrupted in the middle of a long model call, or stopped with ``stop_event``."""
 
+    def __init__(self, stop_event: threading.Event):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stop_event = stop_event
+        self.busy = False  #: a call is running (True after an interrupted call)
 
-def split_init_string(init: str) -> tuple[str, int]:
-    """Split i-PI's INIT string into (parameters for the driver, batch size).
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="symbreak-driver", daemon=True)
+            self._thread.start()
+        done = threading.Event()
+        box: dict[str, Any] = {}
+        self.busy = True
+        self._jobs.put((fn, args, box, done))
+        while not done.wait(0.5):  # a signal handler raising here ends the wait
+            if self._stop_event.is_set():
+                raise ClientError("stopped on request during a driver call")
+        self.busy = False
+        if "exc" in box:
+            raise box["exc"]
+        return box["result"]
 
-    ipi 3.3.1 (``Driver.initialize`` in ``ipi/interfaces/sockets.py``) announces batching
-    by appending ``"[,] batch_size:B"`` to the ``<parameters>`` string; that token is
-    removed here. Returns batch size 1 when it is absent.
-    """
-    batch = None
-    kept: list[str] = []
-    for tok in init.split(","):
-        key, sep, value = tok.partition(":")
-        if sep and key.strip() == "batch_size":
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, args, box, done = job
             try:
-                batch = int(value.strip())
-            except ValueError as exc:
-                raise ProtocolError(f"malformed batch_size token {tok.strip()!r} in INIT") from exc
-            continue
-        kept.append(tok)
-    if batch is None:
-        return (init if init.strip() else ""), 1
-    if batch < 1:
-        raise ProtocolError(f"invalid batch_size {batch} announced in INIT")
-    # i-PI sends " k : v , " + ", batch_size:B": restore " k : v , ".
-    params = ",".join(kept).rstrip(" ,")
-    return (params + " , " if params.strip() else ""), batch
+                box["result"] = fn(*args)
+            except BaseException as exc:  # re-raised on the caller's thread
+                box["exc"] = exc
+            finally:
+                del fn, args
+                done.set()
 
-
-def parse_parameters(parameters: str) -> dict[str, str]:
-    """Parse i-PI's parameters string ``" k : v , k2 : v2 , "`` into ``{k: v}``.
-
-    i-PI builds it from ``<parameters>{k: v, k2: v2}</parameters>`` with ``str(value)``,
-    after its own type guessing (``true`` arrives as ``True``, ``5`` as ``5``). Values
-    may contain ``:`` (``lebedev:5``) but not ``,``. Empty tokens are skipped.
-    """
-    out: dict[str, str] = {}
-    for tok in parameters.split(","):
-        if not tok.strip():
-            continue
-        key, sep, value = tok.partition(":")
-        if not sep:
-            raise ValueError(f"parameter token {tok.strip()!r} is not 'key : value'")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
-
-
-def _encode_extras(extras: Any, index: int) -> bytes:
-    if extras is None:
-        extras = {}
-    if not isinstance(extras, Mapping):
-        raise DriverError(
-            f"driver returned extras of type {type(extras).__name__} for structure {index}; "
-            "expected a dict (i-PI parses extras as a JSON object)"
-        )
-    if "raw" in extras:
-        raise DriverError(
-            f"driver returned an extras key 'raw' for structure {index}: i-PI reserves it "
-            "(ipi.interfaces.utils.parse_extra raises on it); rename the key"
-        )
-    try:
-        text = json.dumps(extras, default=_json_default, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise DriverError(f"driver extras for structure {index} are not JSON: {exc}") from exc
-    return text.encode("utf-8")
-
-
-def _first_bad(arr: np.ndarray) -> tuple[int, ...]:
-    return tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+    def close(self) -> None:
+        """Let the thread end after its current call (it is not waited for)."""
+        if self._thread is not None:
+            self._jobs.put(None)
 
 
 # --------------------------------------------------------------------------------------
@@ -285,8 +237,8 @@ class IPIClient:
     """An i-PI socket client that serves the forces of ``driver``.
 
     Args:
-        driver: the potential (see :class:`Driver`); called only from the thread that
-            runs :meth:`run`.
+        driver: the potential (see :class:`Driver`); all its calls run on one worker
+            thread, one at a time.
         address: i-PI's ``<address>``: the socket name in unix mode (path
             ``sockets_prefix + address``), the host name in inet mode.
         unix: unix-domain socket (True) or TCP (False).
@@ -295,12 +247,16 @@ class IPIClient:
         sockets_prefix: prefix of unix socket paths, i-PI's ``sockets_prefix`` / ``-S``
             (default ``/tmp/ipi_``); also used for the control socket.
         connect_timeout: seconds to keep retrying until the server is up (None: forever).
+        first_message_timeout: seconds allowed, once connected, for the server's first
+            message (None: forever); ends with :data:`EXIT_TIMEOUT` (a server that
+            accepts and never speaks, or not an i-PI server at all).
         control: open the run-time control socket (see :mod:`symbreak.engines.control`).
         control_name: name of the control socket (default: ``address`` in unix mode,
             ``host_port`` in inet mode).
         message_timeout: seconds allowed for the body of a message to arrive once its
             header has (waiting for the next header has no timeout).
-        max_atoms: largest atom count accepted in POSDATA (guards against garbage).
+        max_atoms: most atoms accepted in one POSDATA, all structures of a batch together
+            (guards against garbage).
         handle_signals: install SIGINT/SIGTERM handlers while :meth:`run` runs (only
             possible, and only done, on the main thread).
     """
@@ -312,18 +268,21 @@ class IPIClient:
         unix: bool = True,
         host: str | None = None,
         port: int = 31415,
-        sockets_prefix: str = "/tmp/ipi_",
+        sockets_prefix: str = IPI_DEFAULT_PREFIX,
         connect_timeout: float | None = 120.0,
         control: bool = True,
         control_name: str | None = None,
         message_timeout: float = 60.0,
-        max_atoms: int = 10_000_000,
+        max_atoms: int = wire.MAX_ATOMS,
         handle_signals: bool = True,
+        first_message_timeout: float | None = None,
     ):
         if not callable(getattr(driver, "compute", None)) or not callable(
             getattr(driver, "init", None)
         ):
             raise TypeError("driver must define init(bead_index, parameters) and compute()")
+        if first_message_timeout is not None and not first_message_timeout > 0:
+            raise ValueError(f"first_message_timeout must be > 0, got {first_message_timeout}")
         self.driver = driver
         self.address = address
         self.unix = unix
@@ -331,6 +290,7 @@ class IPIClient:
         self.port = int(port)
         self.sockets_prefix = sockets_prefix
         self.connect_timeout = connect_timeout
+        self.first_message_timeout = first_message_timeout
         self.control = control
         self.control_name = control_name or (address if unix else f"{self.host}_{self.port}")
         self.message_timeout = message_timeout
@@ -343,6 +303,7 @@ class IPIClient:
         self.exit_code: int | None = None
         self.n_requests = 0  #: POSDATA messages served
         self.n_structures = 0  #: structures computed (B per batched request)
+        self.n_messages = 0  #: message headers received
         self.batch_size = 1
         self.bead_index: int | None = None
         self.parameters = ""
@@ -351,9 +312,9 @@ class IPIClient:
         self._timeout_now: float | None = None
         self._initialized = False
         self._reply: bytes | None = None
-        self._hdr = bytearray(HDRLEN)
         self._stopping = False
         self._stop_event = threading.Event()
+        self._worker = _DriverThread(self._stop_event)
         self._old_handlers: dict[int, Any] = {}
         self._ran = False
 
@@ -365,13 +326,20 @@ class IPIClient:
             return f"unix socket {unix_socket_path(self.address, self.sockets_prefix)}"
         return f"inet {self.host}:{self.port}"
 
+    @property
+    def driver_busy(self) -> bool:
+        """True if a driver call was abandoned (a signal or stop() interrupted it): the
+        worker thread may still be running it, and the process should end promptly."""
+        return self._worker.busy
+
     def run(self) -> int:
         """Connect, serve force requests until EXIT, and clean up (socket, control socket).
 
         Returns an exit code: :data:`EXIT_OK` on EXIT from the server,
         :data:`EXIT_DISCONNECTED` if the server went away, :data:`EXIT_CONNECT_FAILED` if
-        it never came up, :data:`EXIT_ERROR` on protocol/data/driver errors, and
-        ``128 + signum`` on SIGINT/SIGTERM. The reason is logged and kept in ``.error``.
+        it never came up, :data:`EXIT_TIMEOUT` if it never spoke, :data:`EXIT_ERROR` on
+        protocol/data/driver errors (a refused INIT included), and ``128 + signum`` on
+        SIGINT/SIGTERM. The reason is logged and kept in ``.error``.
         """
         if self._ran:
             raise RuntimeError("IPIClient.run() can only be called once")
@@ -404,13 +372,14 @@ class IPIClient:
         """Record exit code and message for ``exc``; False if it must propagate."""
         if isinstance(exc, _Interrupted):
             name = signal.Signals(exc.signum).name
-            self.error = f"received {name}; closing the connection to i-PI ({self.target})"
+            busy = " (abandoning the model call in progress)" if self.driver_busy else ""
+            self.error = f"received {name}; closing the connection to i-PI ({self.target}){busy}"
             log.warning("symbreak i-PI client: %s", self.error)
-            self.exit_code = 128 + exc.signum
-        elif isinstance(exc, ClientError) and self._stop_event.is_set():
+            self.exit_code = exit_codes.from_signal(exc.signum)
+        elif isinstance(exc, _ENDING) and self._stop_event.is_set():
             log.info("stopped on request (%s)", exc)
             self.exit_code = EXIT_OK
-        elif isinstance(exc, ClientError):
+        elif isinstance(exc, _ENDING):
             self.error = str(exc)
             log.error("symbreak i-PI client: %s", self.error)
             self.exit_code = exc.exit_code
@@ -424,7 +393,8 @@ class IPIClient:
 
     def stop(self) -> None:
         """Ask a running :meth:`run` (on another thread) to end soon: wakes it from a
-        connection retry or a blocking read. :meth:`run` then returns :data:`EXIT_OK`."""
+        connection retry, a blocking read or a driver call. :meth:`run` then returns
+        :data:`EXIT_OK`."""
         self._stop_event.set()
         sock = self._sock
         if sock is not None:
@@ -448,6 +418,7 @@ class IPIClient:
         server, self.control_server = self.control_server, None
         if server is not None:
             server.close()
+        self._worker.close()
 
     # ---------------------------------------------------------------- signals
     def _install_signal_handlers(self) -> None:
@@ -477,10 +448,10 @@ class IPIClient:
     def _connect(self) -> None:
         if self.unix:
             path = unix_socket_path(self.address, self.sockets_prefix)
-            if len(path.encode()) > _UNIX_PATH_MAX:
+            if len(path.encode()) > UNIX_PATH_MAX:
                 raise ConnectError(
                     f"unix socket path {path!r} is {len(path.encode())} bytes, longer than the "
-                    f"{_UNIX_PATH_MAX} the OS allows; use a shorter sockets prefix or address"
+                    f"{UNIX_PATH_MAX} the OS allows; use a shorter sockets prefix or address"
                 )
             family, target = socket.AF_UNIX, path
         else:
@@ -548,16 +519,23 @@ class IPIClient:
             self._sock.settimeout(value)
             self._timeout_now = value
 
-    def _recv_into(self, view: memoryview, what: str, *, first: bool = False) -> None:
-        """Fill ``view`` from the socket; ``first`` marks the start of a new message."""
+    def _recv_into(self, view: memoryview, what: str, first: bool = False) -> None:
+        """Fill ``view`` from the socket (the codec's ``readinto``); ``first`` marks the
+        header of a new message."""
         n = len(view)
         pos = 0
         while pos < n:
             try:
                 k = self._sock.recv_into(view[pos:], n - pos)
             except TimeoutError as exc:
+                if first and pos == 0:
+                    raise ServerTimeout(
+                        f"the server at {self.target} accepted the connection but sent "
+                        f"nothing within {self._timeout_now:g} s (--timeout); is it an i-PI "
+                        "server, and is it running a simulation?"
+                    ) from exc
                 raise ProtocolError(
-                    f"timed out after {self.message_timeout} s with {pos} of {n} bytes of "
+                    f"timed out after {self._timeout_now:g} s with {pos} of {n} bytes of "
                     f"{what} received (malformed or truncated message)"
                 ) from exc
             except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
@@ -577,14 +555,8 @@ class IPIClient:
                 )
             pos += k
 
-    def _recv_array(self, count: int, dtype: Any, what: str) -> np.ndarray:
-        arr = np.empty(count, dtype=dtype)
-        if count:
-            self._recv_into(memoryview(arr).cast("B"), what)
-        return arr
-
-    def _recv_int(self, what: str) -> int:
-        return int(self._recv_array(1, np.int32, what)[0])
+    def _recv_header(self, view: memoryview, what: str) -> None:
+        self._recv_into(view, what, first=True)
 
     def _send(self, payload: bytes) -> None:
         self._set_timeout(None)
@@ -596,72 +568,55 @@ class IPIClient:
                 f"({exc.strerror}); the server has exited or crashed"
             ) from exc
 
+    def _call_driver(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._worker.call(fn, *args)
+
     # ---------------------------------------------------------------- protocol loop
     def _serve(self) -> None:
-        hdr_view = memoryview(self._hdr)
         while True:
-            self._set_timeout(None)  # block until the next message, however long
-            self._recv_into(hdr_view, "a message header", first=True)
-            raw = bytes(self._hdr)
-            head = raw.rstrip(b" \x00")
-            if head == b"STATUS":
+            # the first message within first_message_timeout; later ones: however long
+            self._set_timeout(self.first_message_timeout if self.n_messages == 0 else None)
+            head = wire.read_header(self._recv_header)
+            self.n_messages += 1
+            if head == "STATUS":
                 if not self._initialized:
-                    self._send(_NEEDINIT)
+                    self._send(wire.NEEDINIT)
                 elif self._reply is not None:
-                    self._send(_HAVEDATA)
+                    self._send(wire.HAVEDATA)
                 else:
-                    self._send(_READY)
-            elif head == b"POSDATA":
+                    self._send(wire.READY)
+            elif head == "POSDATA":
                 self._set_timeout(self.message_timeout)
                 self._on_posdata()
-            elif head == b"GETFORCE":
+            elif head == "GETFORCE":
                 if self._reply is None:
                     raise ProtocolError("received GETFORCE before any POSDATA (no forces to send)")
                 reply, self._reply = self._reply, None
                 self._send(reply)
-            elif head == b"INIT":
+            elif head == "INIT":
                 self._set_timeout(self.message_timeout)
                 self._on_init()
-            elif head == b"EXIT":
+            else:  # EXIT
                 return
-            else:
-                raise ProtocolError(
-                    f"unknown message header {raw!r} from {self.target} "
-                    f"(expected one of {', '.join(h.decode() for h in _HEADERS)})"
-                )
 
     def _on_init(self) -> None:
-        rid = self._recv_int("INIT bead index")
-        length = self._recv_int("INIT string length")
-        if length < 0 or length > (1 << 20):
-            raise ProtocolError(f"malformed INIT: string length {length} (must be 0..1048576)")
-        raw = self._recv_array(length, np.uint8, "INIT string").tobytes()
+        init = wire.read_init(self._recv_into)
+        rid, params = init.bead_index, init.parameters
+        log.info("INIT bead %d, batch size %d, parameters %r", rid, init.batch_size, params)
         try:
-            text = raw.decode("utf-8").rstrip("\x00")
-        except UnicodeDecodeError as exc:
-            raise ProtocolError(f"malformed INIT: string is not UTF-8: {raw[:64]!r}") from exc
-        params, batch = split_init_string(text)
-        log.info("INIT bead %d, batch size %d, parameters %r", rid, batch, params)
-        try:
-            self.driver.init(rid, params)
-        except ClientError:
+            self._call_driver(self.driver.init, rid, params)
+        except _ENDING:
             raise
         except Exception as exc:
-            log.exception("driver.init failed")
+            log.debug("driver.init failed", exc_info=True)
             raise DriverError(
-                f"driver.init({rid}, {params!r}) failed: {type(exc).__name__}: {exc}"
+                f"i-PI's INIT <parameters> {params.strip(' ,')!r} (bead {rid}) were refused: "
+                f"{type(exc).__name__}: {exc}; the client stops before serving any request"
             ) from exc
-        self.bead_index, self.parameters, self.batch_size = rid, params, batch
+        self.bead_index, self.parameters, self.batch_size = rid, params, init.batch_size
         self._initialized = True
         self._reply = None
         self.policy.refresh_state(self.driver)
-
-    def _check_natoms(self, nat: int) -> None:
-        if nat < 1 or nat > self.max_atoms:
-            raise ProtocolError(
-                f"malformed POSDATA: atom count {nat} (must be 1..{self.max_atoms}); "
-                "note that <ffsocket mode='shm'> is not supported, use mode='unix'"
-            )
 
     def _on_posdata(self) -> None:
         if not self._initialized:
@@ -669,48 +624,29 @@ class IPIClient:
         if self._reply is not None:
             raise ProtocolError("received a second POSDATA before GETFORCE collected the forces")
         nb = self.batch_size
-        if nb == 1:
-            hih = self._recv_array(18, np.float64, "POSDATA cell")
-            nat = self._recv_int("POSDATA atom count")
-            self._check_natoms(nat)
-            pos = self._recv_array(3 * nat, np.float64, "POSDATA positions")
-            h = hih[:9].reshape(1, 3, 3)
-        else:
-            nat = self._recv_int("batched POSDATA atom count")
-            self._check_natoms(nat)
-            hih = self._recv_array(18 * nb, np.float64, "batched POSDATA cells")
-            pos = self._recv_array(3 * nat * nb, np.float64, "batched POSDATA positions")
-            h = hih.reshape(nb, 2, 3, 3)[:, 0]
+        data = wire.read_posdata(self._recv_into, nb, self.max_atoms)
         # i-PI: columns are lattice vectors (C order); the driver wants rows.
-        cells = np.ascontiguousarray(np.transpose(h, (0, 2, 1))) * BOHR_IN_ANGSTROM
-        positions = pos.reshape(nb, nat, 3) * BOHR_IN_ANGSTROM
-        if not np.isfinite(cells).all():
-            b, i, j = _first_bad(cells)
-            raise InvalidDataError(
-                f"non-finite cell received from i-PI (structure {b}, lattice vector {i}, "
-                f"component {j}: {cells[b, i, j]})"
-            )
-        if not np.isfinite(positions).all():
-            b, i, _ = _first_bad(positions)
-            raise InvalidDataError(
-                f"non-finite position received from i-PI for atom index {i} "
-                f"(0-based; structure {b} of {nb}): {positions[b, i].tolist()}"
-            )
+        cells = np.ascontiguousarray(np.transpose(data.h, (0, 2, 1))) * BOHR_IN_ANGSTROM
+        positions = data.positions * BOHR_IN_ANGSTROM
         getforce_read = self._take_consolidated_getforce()
         self.n_requests += 1
-        self.policy.apply_pending(self.driver)
         try:
-            results = self.driver.compute(cells, positions)
-        except ClientError:
+            results = self._call_driver(self._compute, cells, positions)
+        except _ENDING:
             raise
         except Exception as exc:
-            log.exception("driver.compute failed")
+            log.error("driver.compute failed", exc_info=exc)
             raise DriverError(f"driver.compute failed: {type(exc).__name__}: {exc}") from exc
-        self._reply = self._pack(results, nb, nat)
+        self._reply = self._pack(results, nb, data.natoms)
         self.n_structures += nb
         if getforce_read:
             reply, self._reply = self._reply, None
             self._send(reply)
+
+    def _compute(self, cells: np.ndarray, positions: np.ndarray) -> Any:
+        """On the driver thread: pending policy updates, then the force computation."""
+        self.policy.apply_pending(self.driver)
+        return self.driver.compute(cells, positions)
 
     def _take_consolidated_getforce(self) -> bool:
         """Read the GETFORCE that i-PI wrote right behind POSDATA (consolidated messages)
@@ -725,14 +661,15 @@ class IPIClient:
         previous = self._timeout_now
         self._set_timeout(0.0)  # non-blocking: with a timeout, Python would wait for data
         try:
-            head = self._sock.recv(HDRLEN, socket.MSG_PEEK)
+            head = self._sock.recv(wire.HDRLEN, socket.MSG_PEEK)
         except OSError:  # nothing there yet (EAGAIN), or an error the main loop will see
             return False
         finally:
             self._set_timeout(previous)
-        if len(head) < HDRLEN or head.rstrip(b" \x00") != b"GETFORCE":
+        if head != wire.GETFORCE:
             return False
-        self._recv_into(memoryview(self._hdr), "GETFORCE")
+        self._recv_into(memoryview(bytearray(wire.HDRLEN)), "GETFORCE")
+        self.n_messages += 1
         return True
 
     def _pack(self, results: Any, nb: int, nat: int) -> bytes:
@@ -771,7 +708,7 @@ class IPIClient:
             if not math.isfinite(energies[b]):
                 raise DriverError(f"driver returned a non-finite energy ({e}) for structure {b}")
             if not np.isfinite(f).all():
-                i, _ = _first_bad(f)
+                i = int(np.argwhere(~np.isfinite(f))[0, 0])
                 raise DriverError(
                     f"driver returned non-finite forces for atom index {i} (structure {b})"
                 )
@@ -779,23 +716,13 @@ class IPIClient:
                 raise DriverError(f"driver returned a non-finite virial for structure {b}")
             forces[b] = f
             virials[b] = v.T  # row convention (ASE) -> i-PI's column convention
-            extras.append(_encode_extras(x, b))
-        energies /= HARTREE_IN_EV
-        forces *= _FORCE_EV_A_TO_HA_BOHR
-        virials /= HARTREE_IN_EV
-        natb = np.int32(nat).tobytes()
-        if nb == 1:
-            parts = [
-                _FORCEREADY,
-                energies.tobytes(),
-                natb,
-                forces.tobytes(),
-                virials.tobytes(),
-                np.int32(len(extras[0])).tobytes(),
-                extras[0],
-            ]
-        else:
-            parts = [_FORCEREADY, energies.tobytes(), natb, forces.tobytes(), virials.tobytes()]
-            for x in extras:
-                parts += [np.int32(len(x)).tobytes(), x]
-        return b"".join(parts)
+            try:
+                extras.append(wire.encode_extras(x))
+            except wire.ExtrasError as exc:
+                raise DriverError(f"driver returned bad extras for structure {b}: {exc}") from exc
+        return wire.encode_forceready(
+            energies / HARTREE_IN_EV,
+            forces * FORCE_EV_A_TO_HA_BOHR,
+            virials / HARTREE_IN_EV,
+            extras,
+        )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
-DEFAULT_PREFIX = "/tmp/ipi_"  # i-PI's own default sockets prefix (path = prefix + address)
+from .. import exit_codes
+from .sockets import IPI_DEFAULT_PREFIX as DEFAULT_PREFIX
 
 
 def register(subparsers) -> None:
@@ -19,6 +21,8 @@ def register(subparsers) -> None:
         "model, plain or rotationally averaged. The averaging can also be set per <ffsocket> "
         "(<parameters>{average: lebedev:5, inversion: true}</parameters>) and changed while "
         "running with `symbreak control`.",
+        epilog=exit_codes.SERVE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default="water-revpbe0d3", help="shipped model name or file")
     p.add_argument(
@@ -51,6 +55,14 @@ def register(subparsers) -> None:
     p.add_argument("--no-pbc", action="store_true", help="gas phase: ignore the box")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--connect-timeout", type=float, default=120.0, help="seconds to wait for i-PI")
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="once connected, seconds to wait for the server's first message (default: "
+        f"forever); a server that accepts and never speaks ends the client with exit code "
+        f"{exit_codes.SERVE_TIMEOUT}",
+    )
     p.add_argument("--no-control", action="store_true", help="no run-time control socket")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_serve)
@@ -77,6 +89,13 @@ def register(subparsers) -> None:
         "<ffdirect><pes>custom</pes><pes_path>…</pes_path> and i-pi-py_driver -m custom -P.",
     )
     q.set_defaults(func=lambda args: print(pes_path()) or 0)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
 
 
 def pes_path() -> Path:
@@ -109,7 +128,7 @@ def _serve(args) -> int:
         )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"symbreak serve: {err}", file=sys.stderr)
-        return 1
+        return exit_codes.USAGE
     client = IPIClient(
         driver,
         address=args.address,
@@ -118,11 +137,20 @@ def _serve(args) -> int:
         port=args.port,
         sockets_prefix=args.socket_prefix,
         connect_timeout=args.connect_timeout,
+        first_message_timeout=args.timeout,
         control=not args.no_control,
     )
     code = client.run()
     if code not in (0, None) and client.error:
         print(f"symbreak serve: {client.error}", file=sys.stderr)
+    if client.driver_busy:
+        # a signal interrupted a model call still running on the driver's daemon thread:
+        # end now (sockets are already closed and removed) rather than let interpreter
+        # shutdown race with the model's native code
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 

@@ -16,7 +16,7 @@ Options: ``model``, ``template`` (or ``species``), ``average``, ``inversion``, `
 ``rotation_batch``, ``workers``, ``pbc``, ``control`` (an address: opens the run-time
 control channel used by ``symbreak control --address``), ``sockets_prefix`` (of that
 channel). i-PI works in atomic units with cells as columns; this file converts to and from
-Å/eV and rows.
+Å/eV and rows, with i-PI's own unit factors (:mod:`symbreak.engines.units`).
 """
 
 from __future__ import annotations
@@ -26,17 +26,18 @@ import json
 import numpy as np
 from ipi.pes.dummy import Dummy_driver
 
+# an absolute import: i-PI loads this file by path, outside the package
+from symbreak.engines.sockets import IPI_DEFAULT_PREFIX
+from symbreak.engines.units import BOHR_IN_ANGSTROM, FORCE_EV_A_TO_HA_BOHR, HARTREE_IN_EV
+
 __DRIVER_NAME__ = "symbreak"
 __DRIVER_CLASS__ = "SymbreakPES"
-
-BOHR_IN_ANGSTROM = 0.529177210903  # CODATA 2018, as i-PI
-HARTREE_IN_EV = 27.211386245988
 
 
 class SymbreakPES(Dummy_driver):
     """i-PI PES: compute(cell, pos) in atomic units, batched when given lists."""
 
-    def __init__(self, *args, control=None, sockets_prefix="/tmp/ipi_", **kwargs):
+    def __init__(self, *args, control=None, sockets_prefix=IPI_DEFAULT_PREFIX, **kwargs):
         from symbreak.engines.ipi_driver import SymbreakDriver, parse_bool
 
         options = dict(kwargs)
@@ -77,7 +78,7 @@ class SymbreakPES(Dummy_driver):
             out.append(
                 (
                     energy / HARTREE_IN_EV,
-                    forces * (BOHR_IN_ANGSTROM / HARTREE_IN_EV),
+                    forces * FORCE_EV_A_TO_HA_BOHR,
                     virial.T / HARTREE_IN_EV,
                     json.dumps(extras),
                 )
