@@ -184,7 +184,9 @@ def run_ipi(
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "input.xml").write_text(xml)
     env = _env(threads)
-    procs = {"ipi": _start([shutil.which("i-pi") or "i-pi", "input.xml"], workdir, "ipi", env)}
+    # i-PI of this Python's environment first (the venv need not be activated)
+    ipi = shutil.which("i-pi", path=str(Path(sys.executable).parent)) or shutil.which("i-pi")
+    procs = {"ipi": _start([ipi or "i-pi", "input.xml"], workdir, "ipi", env)}
     try:
         for name, cmd in clients.items():
             procs[name] = _start(cmd, workdir, name, env)

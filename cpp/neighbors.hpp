@@ -28,24 +28,24 @@ namespace symbreak {
 // owner (a numpy array) without a copy. Call free_neighbor_list() unless ownership has
 // been taken (set the pointers to nullptr after taking them).
 struct NeighborList {
-    std::size_t n_pairs = 0;
-    int64_t* i = nullptr;       // [n_pairs]
-    int64_t* j = nullptr;       // [n_pairs]
-    int32_t* shifts = nullptr;  // [n_pairs][3]
-    double* vectors = nullptr;  // [n_pairs][3], Å
+  std::size_t n_pairs = 0;
+  int64_t* i = nullptr;       // [n_pairs]
+  int64_t* j = nullptr;       // [n_pairs]
+  int32_t* shifts = nullptr;  // [n_pairs][3]
+  double* vectors = nullptr;  // [n_pairs][3], Å
 };
 
 void free_neighbor_list(NeighborList& list);
 
 struct NeighborOptions {
-    double cutoff = 0.0;  // Å, finite, >= 0
-    bool full_list = true;
-    // at most one thread per 2048 atoms; 0: automatic (one thread below 4096 atoms, else
-    // std::thread::hardware_concurrency). The result does not depend on it.
-    int n_threads = 1;
-    // bins per cutoff length (bin width ~ cutoff / this); 0: automatic. Only changes the
-    // speed, never the result: exposed so that tests can cover every stencil shape.
-    int bins_per_cutoff = 0;
+  double cutoff = 0.0;  // Å, finite, >= 0
+  bool full_list = true;
+  // at most one thread per 2048 atoms; 0: automatic (one thread below 4096 atoms, else
+  // std::thread::hardware_concurrency). The result does not depend on it.
+  int n_threads = 1;
+  // bins per cutoff length (bin width ~ cutoff / this); 0: automatic. Only changes the
+  // speed, never the result: exposed so that tests can cover every stencil shape.
+  int bins_per_cutoff = 0;
 };
 
 // Computes the neighbour list. Throws std::invalid_argument for bad input (non-finite
@@ -56,11 +56,11 @@ void compute_neighbor_list(const double* positions, std::size_t n_atoms, const d
 
 // For tests: the bins and the stencil that compute_neighbor_list would use.
 struct GridInfo {
-    int n_bins[3] = {0, 0, 0};      // bins per axis (0: no search needed)
-    int reach_bins[3] = {0, 0, 0};  // stencil half-width per axis, in bins
-    double bin_edges[9] = {};       // bin edge vectors (rows, Å)
-    // kept bin offsets: (d0, d1, lo, hi) stands for (d0, d1, d2) with lo <= d2 <= hi
-    std::vector<std::array<int, 4>> rows;
+  int n_bins[3] = {0, 0, 0};      // bins per axis (0: no search needed)
+  int reach_bins[3] = {0, 0, 0};  // stencil half-width per axis, in bins
+  double bin_edges[9] = {};       // bin edge vectors (rows, Å)
+  // kept bin offsets: (d0, d1, lo, hi) stands for (d0, d1, d2) with lo <= d2 <= hi
+  std::vector<std::array<int, 4>> rows;
 };
 GridInfo describe_grid(const double* positions, std::size_t n_atoms, const double cell[9],
                        const bool pbc[3], const NeighborOptions& options);
