@@ -29,8 +29,8 @@ def tool(name: str) -> str:
     found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
     if found is None:
         pytest.skip(
-            f"{name} is not installed (it is pinned in the test extras: "
-            f"pip install -e '.[test]' or bash scripts/setup.sh)"
+            f"{name} is not installed (pinned in pyproject.toml's test extras, which "
+            "bash scripts/setup.sh installs)"
         )
     return found
 
