@@ -1,4 +1,8 @@
-"""Training hyperparameters (kept free of torch so the CLI starts fast)."""
+"""Training hyperparameters (kept free of torch so the CLI starts fast).
+
+:class:`TrainConfig` is what :class:`symbreak.training.Trainer` runs with; the
+``symbreak train`` command line that fills it is :mod:`symbreak.training_cli`.
+"""
 
 from __future__ import annotations
 
@@ -57,89 +61,3 @@ class TrainConfig:
     gas_molecules: int = 8
     gas_noise: float = 0.05
     model: dict = field(default_factory=dict)  # PETConfig overrides
-
-
-_HELP = {
-    "gas_weight": "weight of the gas-phase term: the mean square (eV/Å)^2 of the learned "
-    "part's forces on isolated molecules cut from the training frames (0: off)",
-    "gas_molecules": "isolated molecules per optimiser step for the gas-phase term",
-    "gas_noise": "Gaussian displacement (Å per component) of those molecules' atoms",
-}
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help="train a PET model on an extended XYZ file with energies and forces",
-        description="Train a PET model; writes the exported model, a metrics JSON, and "
-        "checkpoints (resume with --resume).",
-    )
-    defaults = TrainConfig()
-    p.add_argument("--data", required=True, help="extended XYZ with energies and forces")
-    p.add_argument("--output", default=defaults.output, help="exported model file")
-    p.add_argument("--workdir", default=defaults.workdir, help="checkpoints and history")
-    for name in (
-        "seed", "n_test", "n_val", "epochs", "batch_size", "lr", "lr_min", "warmup_steps",
-        "ema_decay", "energy_weight_start", "energy_weight_end", "energy_weight_ramp",
-        "threads", "max_minutes", "huber_delta", "spike_factor", "gas_weight",
-        "gas_molecules", "gas_noise",
-    ):  # fmt: skip
-        value = getattr(defaults, name)
-        p.add_argument(
-            f"--{name.replace('_', '-')}", type=type(value), default=value, help=_HELP.get(name)
-        )
-    p.add_argument("--no-augment", action="store_true", help="train without random rotations")
-    p.add_argument(
-        "--train-pair",
-        action="store_true",
-        help="keep training the pair prior after its least-squares fit (default: frozen)",
-    )
-    p.add_argument(
-        "--fit-three-body",
-        action="store_true",
-        help='with --resume: fit the three-body prior (--model-config \'{"three_body": '
-        "true}') to the residual of the checkpoint's model, then continue",
-    )
-    p.add_argument(
-        "--force-loss",
-        choices=["mse", "huber"],
-        default=defaults.force_loss,
-        help="loss per force component (huber: linear beyond --huber-delta eV/Å)",
-    )
-    p.add_argument(
-        "--autocast",
-        choices=["none", "bf16"],
-        default=defaults.autocast,
-        help="bf16: training steps with bfloat16 matrix products (faster on CPUs with "
-        "AVX-512 BF16 or AMX; metrics and the exported model stay float32)",
-    )
-    p.add_argument(
-        "--model-config", default="{}", help="JSON PETConfig overrides, e.g. '{\"d_model\": 64}'"
-    )
-    p.add_argument("--resume", action="store_true", help="continue from workdir/checkpoint.pt")
-    p.add_argument(
-        "--new-schedule",
-        action="store_true",
-        help="with --resume: start a fresh warmup + cosine schedule (peak --lr) at the "
-        "checkpoint's epoch, ending at --epochs (weights, optimiser and history are kept)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_main)
-
-
-def _main(args) -> int:
-    import json
-
-    from .training import Trainer
-
-    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    if args.new_schedule and not args.resume:
-        raise SystemExit("--new-schedule continues a run: use it with --resume")
-    if args.fit_three_body and not args.resume:
-        raise SystemExit("--fit-three-body refits a trained model: use it with --resume")
-    cfg = TrainConfig(**fields, augment=not args.no_augment, model=json.loads(args.model_config))
-    trainer = Trainer(cfg, progress=not args.quiet)
-    if args.resume:
-        trainer.load_checkpoint()
-    trainer.fit()
-    return 0

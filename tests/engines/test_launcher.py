@@ -1,7 +1,7 @@
 """``symbreak run`` (the launcher) and ``symbreak demo`` against the real i-PI 3.3.1.
 
 Every run uses a tiny random model (``--model``) and a short ``--steps``; the launcher
-itself runs as a subprocess (``python -m symbreak.engines.launcher run ...``, the same
+itself runs as a subprocess (``python -m symbreak.engines.run_cli run ...``, the same
 code as ``symbreak run``), bounded in time. After each run the test checks that no
 process is left in the run directory (i-PI and the clients run there) and that no
 socket file of the run's private tag is left in /tmp, and that the exit code says what
@@ -15,37 +15,35 @@ happened:
   (exit 4);
 - the cluster recipe over loopback: i-PI on a free TCP port (``--inet --clients 0``)
   and two ``symbreak serve --inet`` clients that both get work;
-- input errors (missing files, no ``<ffsocket>``, i-PI not installed) before any start;
+- input errors (missing files, no ``<ffsocket>``, i-PI not installed, ``--steps`` below
+  1, an address already taken with ``--keep-prefix``) before any start;
 - ``symbreak demo`` on a tiny model prints its comparison table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from ipi_helpers import REPO, Proc, start_process, wait_for
+from ipi_helpers import REPO, Proc, start_process, unique_name, wait_for
 
 from helpers import export_tiny
-from symbreak.engines import launcher
-from symbreak.engines.launcher import (
-    EXIT_CLIENT_FAILED,
-    EXIT_IPI_FAILED,
-    EXIT_OK,
-    EXIT_TIMEOUT,
-    EXIT_USAGE,
-    LaunchError,
-    read_input,
-)
+from symbreak import exit_codes
+from symbreak.engines import processes, run_cli
+from symbreak.engines.ipi_xml import LaunchError, prepare_input, read_input
+from symbreak.engines.launcher import Launcher, LaunchOptions
+from symbreak.engines.progress import PROGRESS_NAME
 
 INPUTS = REPO / "ipi_inputs"
-LAUNCH = [sys.executable, "-m", "symbreak.engines.launcher"]
+LAUNCH = [sys.executable, "-m", "symbreak.engines.run_cli"]
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +100,7 @@ def assert_clean(run_dir: Path, output: str) -> None:
 
 def progress_steps(run_dir: Path) -> int:
     """Data rows written to the launcher's progress output so far."""
-    path = run_dir / f"sim.{launcher.PROGRESS_NAME}"
+    path = run_dir / f"sim.{PROGRESS_NAME}"
     try:
         return sum(1 for line in path.read_text().splitlines() if line and line[0] != "#")
     except FileNotFoundError:
@@ -136,7 +134,7 @@ def data_rows(path: Path) -> list[list[float]]:
 # ======================================================================================
 def test_input_errors_are_named(tmp_path, tiny, monkeypatch, capsys):
     def run(*args: str) -> str:
-        assert launcher.main(["run", *args, "--model", str(tiny)]) == EXIT_USAGE
+        assert run_cli.main(["run", *args, "--model", str(tiny)]) == exit_codes.USAGE
         return capsys.readouterr().err
 
     assert "does not exist" in run(str(tmp_path / "nope.xml"))
@@ -150,15 +148,15 @@ def test_input_errors_are_named(tmp_path, tiny, monkeypatch, capsys):
     (tmp_path / "nostruct.xml").write_text(xml)  # water_64h2o.xyz is not next to it
     err = run(str(tmp_path / "nostruct.xml"), "--run-dir", str(tmp_path / "r"))
     assert "initial structure file" in err and "water_64h2o.xyz" in err
-    err = launcher.main(["run", str(INPUTS / "nvt_water64" / "input.xml"), "--model", "nomodel"])
-    assert err == EXIT_USAGE and "model 'nomodel' not found" in capsys.readouterr().err
+    err = run_cli.main(["run", str(INPUTS / "nvt_water64" / "input.xml"), "--model", "nomodel"])
+    assert err == exit_codes.USAGE and "model 'nomodel' not found" in capsys.readouterr().err
     shm = xml.replace("mode='unix'", "mode='shm'")
     (tmp_path / "shm.xml").write_text(shm)
     assert "mode='shm'" in run(str(tmp_path / "shm.xml"))
-    monkeypatch.setattr(launcher.sys, "executable", "/nonexistent/bin/python")
+    monkeypatch.setattr(processes.sys, "executable", "/nonexistent/bin/python")
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(LaunchError, match="i-PI is not installed"):
-        launcher.find_ipi()
+        processes.find_ipi()
 
 
 def test_rewrite_makes_sockets_private(tmp_path):
@@ -176,13 +174,97 @@ def test_rewrite_makes_sockets_private(tmp_path):
 </simulation>"""
     )
     inp = read_input(xml)
-    text = launcher.prepare_input(inp, tag="sbT_")
+    text = prepare_input(inp, tag="sbT_")
     a, b, c = inp.sockets
     assert (a.socket_path, a.prefix) == ("/tmp/ipi_sbT_t_top", "/tmp/ipi_sbT_t_")
     assert (b.nested, b.socket_path, b.prefix) == (True, "/tmp/ipi_sbT_n_in", "/tmp/ipi_")
     assert c.mode == "inet" and c.port != 31415 and f"<port>{c.port}</port>" in text
     assert 'sockets_prefix="/tmp/ipi_sbT_t_"' in text and str(tmp_path / "s.xyz") in text
-    assert f'filename="{launcher.PROGRESS_NAME}"' in text
+    assert f'filename="{PROGRESS_NAME}"' in text
+
+
+@pytest.mark.parametrize("steps", ["0", "-1"])
+def test_steps_below_one_is_a_usage_error(tmp_path, tiny, capsys, steps):
+    """i-PI takes <total_steps> 0 as a run already done (exit 2): refused up front."""
+    run_dir = tmp_path / "r"
+    args = ["run", str(INPUTS / "nvt_water64" / "input.xml"), "--model", str(tiny)]
+    assert run_cli.main([*args, "--steps", steps, "--run-dir", str(run_dir)]) == exit_codes.USAGE
+    assert f"--steps must be >= 1 (got {steps})" in capsys.readouterr().err
+    assert not run_dir.exists()  # nothing was written, nothing started
+    with pytest.raises(LaunchError, match="--steps"):
+        Launcher(INPUTS / "nvt_water64" / "input.xml", LaunchOptions(model=str(tiny), steps=0))
+
+
+def _keep_prefix_input(tmp_path: Path, socket_xml: str) -> Path:
+    """nvt_water64 with its <ffsocket> replaced by ``socket_xml`` (name 'symbreak')."""
+    xml = (INPUTS / "nvt_water64" / "input.xml").read_text()
+    xml = xml.replace("water_64h2o.xyz", str(INPUTS / "nvt_water64" / "water_64h2o.xyz"))
+    xml = re.sub(r"<ffsocket .*?</ffsocket>", socket_xml, xml, flags=re.S)
+    path = tmp_path / "keep.xml"
+    path.write_text(xml)
+    return path
+
+
+def test_keep_prefix_with_a_live_unix_socket_starts_nothing(tmp_path, tiny):
+    """Another process listens at the run's socket path (as another run's i-PI would):
+    the launcher stops at once with a usage error naming the socket, and no client (and
+    no i-PI) is started, so nothing can attach to the other server."""
+    address = unique_name("busy")
+    path = f"/tmp/ipi_{address}"
+    xml = _keep_prefix_input(
+        tmp_path, f"<ffsocket name='symbreak' mode='unix'><address>{address}</address></ffsocket>"
+    )
+    dummy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        dummy.bind(path)
+        dummy.listen(1)
+        dummy.setblocking(False)
+        t0 = time.monotonic()
+        proc, run_dir = start_run(tmp_path, xml, tiny, "--keep-prefix", limit=60)
+        rc, out = finished(proc, 60)
+        assert rc == exit_codes.USAGE, out[-3000:]
+        assert time.monotonic() - t0 < 30, "not a prompt exit"
+        assert f"unix socket {path} is in use" in out and "--keep-prefix" in out
+        assert not run_dir.exists() and not processes_in(run_dir)  # no i-PI, no client
+        with pytest.raises(BlockingIOError):
+            dummy.accept()  # and nothing connected to the other server
+    finally:
+        dummy.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def test_keep_prefix_with_a_leftover_socket_file_or_busy_port(tmp_path, tiny, capsys):
+    """A socket file nobody listens on (i-PI could not bind it either), and a TCP port in
+    use: both usage errors naming the address, before anything starts."""
+    address = unique_name("stale")
+    path = f"/tmp/ipi_{address}"
+    xml = _keep_prefix_input(
+        tmp_path, f"<ffsocket name='symbreak' mode='unix'><address>{address}</address></ffsocket>"
+    )
+    args = ["run", str(xml), "--model", str(tiny), "--keep-prefix", "--run-dir", str(tmp_path)]
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        stale.bind(path)
+        stale.close()  # the file stays, nobody listens
+        assert run_cli.main(args) == exit_codes.USAGE
+        assert f"unix socket {path} exists but no process listens" in capsys.readouterr().err
+    finally:
+        stale.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("localhost", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        xml = _keep_prefix_input(
+            tmp_path,
+            "<ffsocket name='symbreak' mode='inet'><address>localhost</address>"
+            f"<port>{port}</port></ffsocket>",
+        )
+        assert run_cli.main(args) == exit_codes.USAGE
+        assert f"TCP port localhost:{port} is in use" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.log"))
 
 
 # ======================================================================================
@@ -213,7 +295,7 @@ def test_two_parallel_runs_of_one_input_complete(tmp_path, tiny):
     outputs = []
     for proc, run_dir in runs:
         rc, out = finished(proc)
-        assert rc == EXIT_OK, out[-4000:]
+        assert rc == exit_codes.OK, out[-4000:]
         assert "i-PI completed" in out
         tag = run_tag(out)
         assert f"unix socket /tmp/ipi_{tag}t_water64" in out  # top level: private prefix
@@ -246,7 +328,7 @@ def test_input_smoke_runs(tmp_path, tiny, name):
     steps = SMOKE[name]
     proc, run_dir = start_run(tmp_path, INPUTS / name / "input.xml", tiny, "--steps", str(steps))
     rc, out = finished(proc)
-    assert rc == EXIT_OK, out[-4000:]
+    assert rc == exit_codes.OK, out[-4000:]
     assert_clean(run_dir, out)
     assert progress_steps(run_dir) == steps + 1  # steps 0..steps
     rows = data_rows(run_dir / "sim.out")
@@ -272,7 +354,7 @@ def test_mts_512_water_smoke(tmp_path, tiny):
     xml = INPUTS / "mts_water512" / "input.xml"
     proc, run_dir = start_run(tmp_path, xml, tiny, "--steps", "2", "--timeout", "500", limit=560)
     rc, out = finished(proc, 560)
-    assert rc == EXIT_OK, out[-4000:]
+    assert rc == exit_codes.OK, out[-4000:]
     assert_clean(run_dir, out)
     logs = {p.name: p.read_text() for p in run_dir.glob("client_*.log")}
     # averaged model: once per outer step; plain: every inner step (outer reuses them)
@@ -297,7 +379,7 @@ def test_client_killed_mid_run(tmp_path, tiny):
     proc, run_dir = _start_long(tmp_path, tiny)
     os.kill(find_process(run_dir, " serve "), signal.SIGKILL)
     rc, out = finished(proc, 60)
-    assert rc == EXIT_CLIENT_FAILED, out[-3000:]
+    assert rc == exit_codes.RUN_CLIENT_FAILED, out[-3000:]
     assert "client symbreak failed (killed by SIGKILL)" in out
     assert_clean(run_dir, out)
 
@@ -306,7 +388,7 @@ def test_ipi_killed_mid_run(tmp_path, tiny):
     proc, run_dir = _start_long(tmp_path, tiny)
     os.kill(find_process(run_dir, "i-pi"), signal.SIGKILL)
     rc, out = finished(proc, 60)
-    assert rc == EXIT_IPI_FAILED, out[-3000:]
+    assert rc == exit_codes.RUN_IPI_FAILED, out[-3000:]
     assert "i-pi failed (killed by SIGKILL)" in out
     assert_clean(run_dir, out)  # i-PI's own socket file included
 
@@ -330,7 +412,7 @@ def test_exit_file_stops_early(tmp_path, tiny):
     proc, run_dir = _start_long(tmp_path, tiny)
     (run_dir / "EXIT").touch()
     rc, out = finished(proc, 60)
-    assert rc == launcher.EXIT_STOPPED_EARLY, out[-3000:]
+    assert rc == exit_codes.RUN_STOPPED_EARLY, out[-3000:]
     assert "i-PI stopped early" in out and "EXIT file" in out
     assert_clean(run_dir, out)
 
@@ -340,7 +422,7 @@ def test_timeout(tmp_path, tiny):
         tmp_path, INPUTS / "nvt_water64" / "input.xml", tiny, *LONG, "--timeout", "12"
     )
     rc, out = finished(proc, 60)
-    assert rc == EXIT_TIMEOUT, out[-3000:]
+    assert rc == exit_codes.RUN_TIMEOUT, out[-3000:]
     assert "--timeout 12 s elapsed" in out and (run_dir / "RESTART").is_file()
     assert_clean(run_dir, out)
 
@@ -376,10 +458,10 @@ def test_inet_server_with_two_remote_clients(tmp_path, tiny):
     ]
     try:
         rc, out = finished(server)
-        assert rc == EXIT_OK, out[-3000:]
+        assert rc == exit_codes.OK, out[-3000:]
         requests = []
         for c in clients:
-            assert c.wait(30) == EXIT_OK, c.output()[-3000:]
+            assert c.wait(30) == exit_codes.OK, c.output()[-3000:]
             requests.append(int(re.search(r"EXIT after (\d+) requests", c.output()).group(1)))
         assert sum(requests) == 4 * 7 and min(requests) > 0, requests
         assert_clean(run_dir, out)
@@ -396,7 +478,7 @@ def test_demo_prints_the_comparison(tmp_path, tiny):
     cmd += ["--switch-at", "2", "--threads", "1", "--run-dir", str(tmp_path / "demo")]
     proc = start_process(cmd, tmp_path, "demo", 150)
     rc, out = finished(proc, 150)
-    assert rc == EXIT_OK, out[-4000:]
+    assert rc == exit_codes.OK, out[-4000:]
     lines = out.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("averaging "))
     rows = {line.split()[0]: line.split() for line in lines[head + 3 : head + 5]}

@@ -144,7 +144,7 @@ def test_make_mts_builds_the_study_recipe(tmp_path):
     assert inp.output("pos").get("stride") == "2"  # 10 fs between frames, as before
     assert "pot_component_raw(1)" in inp.output("out").text
     path = inp.write(tmp_path / "mts.xml")
-    from symbreak.engines.launcher import read_input
+    from symbreak.engines.ipi_xml import read_input
 
     parsed = read_input(path)  # the launcher accepts it
     assert [s.name for s in parsed.sockets] == ["symbreak", "averaged"]

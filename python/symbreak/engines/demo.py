@@ -34,15 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from .launcher import (
-    EXIT_OK,
-    EXIT_USAGE,
-    LaunchError,
-    LaunchOptions,
-    ProgressRow,
-    Switch,
-    launch,
-)
+from .. import exit_codes
+from .launcher import LaunchError, LaunchOptions, Switch, launch
+from .progress import ProgressRow
 
 DEMO_STRUCTURE = Path(__file__).resolve().parents[1] / "data" / "water_64h2o.xyz"
 EXTRA_KEYS = "average,n_rotations,energy_rot_std,forces_rot_std,torque,call_seconds"
@@ -211,7 +205,8 @@ def format_table(rows: list[dict[str, Any]], n_beads: int, n_atoms: int) -> str:
     return "\n".join(lines)
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``symbreak demo`` to the CLI (see :mod:`symbreak.cli`)."""
     p = subparsers.add_parser(
         "demo",
         help="short PIMD water run in i-PI with averaging switched on partway",
@@ -272,8 +267,8 @@ def _demo(args: argparse.Namespace) -> int:
         result = launch(xml, opts, stream=sys.stdout)
     except (LaunchError, ValueError) as err:
         print(f"symbreak demo: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    if result.exit_code != EXIT_OK:
+        return exit_codes.USAGE
+    if result.exit_code != exit_codes.OK:
         print(f"symbreak demo: the run failed: {result.message}", file=sys.stderr)
         print(f"symbreak demo: outputs in {result.run_dir}", file=sys.stderr)
         return result.exit_code
@@ -292,4 +287,4 @@ def _demo(args: argparse.Namespace) -> int:
     print(format_table(rows, args.beads, n_atoms))
     print(f"run directory: {result.run_dir} (demo.xml, input.xml, sim.out, sim.diag_*)")
     print(f"total wall time {result.elapsed:.1f} s")
-    return EXIT_OK
+    return exit_codes.OK

@@ -3,19 +3,21 @@ one call of the launcher per run.
 
 The edits are small and explicit (averaging parameters, output strides, extra output
 columns, beads, and the study's multiple-time-step recipe built on a single-socket
-input); the launcher (:func:`symbreak.engines.launcher.launch`) then does what
-``symbreak run`` does: private sockets, clients, progress, time limit and cleanup.
+input), made with the launcher's i-PI XML editor
+(:class:`symbreak.engines.ipi_xml.InputEditor`); the launcher
+(:func:`symbreak.engines.launcher.launch`) then does what ``symbreak run`` does: private
+sockets, clients, progress, time limit and cleanup.
 """
 
 from __future__ import annotations
 
-import copy
 import sys
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engines.launcher import EXIT_OK, EXIT_TIMEOUT, LaunchOptions, launch, read_input
+from .. import exit_codes
+from ..engines.ipi_xml import InputEditor, describe
+from ..engines.launcher import LaunchOptions, launch
 
 
 def find_inputs() -> Path:
@@ -45,66 +47,22 @@ def policy_parameters(spec: str) -> str:
     return "{" + ", ".join(items) + "}"
 
 
-class Input:
-    """An i-PI input file loaded for editing (``root`` is its ``<simulation>``)."""
+class Input(InputEditor):
+    """An i-PI input file loaded for editing (``root`` is its ``<simulation>``), with
+    the reproduction's own recipes on top of :class:`~symbreak.engines.ipi_xml.InputEditor`."""
 
     def __init__(self, path: str | Path):
-        self.source = Path(path).resolve()
-        self.tree = ET.parse(self.source)
-        self.root = self.tree.getroot()
-        self.structure = read_input(self.source).structure
+        loaded = InputEditor.load(path)
+        super().__init__(loaded.tree, loaded.source)
+        self.structure = describe(self).structure  #: initial structure file (absolute)
 
-    def socket(self, name: str | None = None) -> ET.Element:
+    def socket(self, name: str | None = None):
         """The ``<ffsocket>`` called ``name`` (the first one if None)."""
-        for el in self.root.iter("ffsocket"):
-            if name is None or el.get("name") == name:
-                return el
-        raise KeyError(f"{self.source}: no <ffsocket name='{name}'>")
+        return self.ffsocket(name)
 
     def set_average(self, spec: str, socket: str | None = None) -> Input:
         """Averaging of one force field (through its ``<parameters>``)."""
-        el = self.socket(socket)
-        par = el.find("parameters")
-        if par is None:
-            par = ET.SubElement(el, "parameters")
-        par.text = policy_parameters(spec)
-        return self
-
-    def output(self, filename: str) -> ET.Element:
-        """The ``<properties>`` / ``<trajectory>`` output writing ``filename``."""
-        for el in self.root.find("output"):
-            if el.get("filename") == filename:
-                return el
-        raise KeyError(f"{self.source}: no output filename='{filename}'")
-
-    def set_stride(self, filename: str, stride: int) -> Input:
-        self.output(filename).set("stride", str(max(1, int(stride))))
-        return self
-
-    def add_columns(self, filename: str, columns: list[str]) -> Input:
-        """Append columns to a ``<properties>`` list, e.g. ``kinetic_cv(H){electronvolt}``."""
-        el = self.output(filename)
-        text = (el.text or "").strip().rstrip("]").strip()
-        el.text = " " + text + ", " + ", ".join(columns) + " ] "
-        return self
-
-    def add_trajectory(self, filename: str, what: str, stride: int, **attrib: str) -> Input:
-        el = ET.SubElement(
-            self.root.find("output"), "trajectory", {"filename": filename, "stride": str(stride)}
-        )
-        for k, v in attrib.items():
-            el.set(k, v)
-        el.text = f" {what} "
-        return self
-
-    def set_beads(self, nbeads: int) -> Input:
-        """Beads of the path integral; a socket with ``<batch_size>`` gets all of them
-        in one request."""
-        self.root.find(".//initialize").set("nbeads", str(int(nbeads)))
-        for el in self.root.iter("ffsocket"):
-            if el.find("batch_size") is not None:
-                el.find("batch_size").text = str(int(nbeads))
-        return self
+        return self.set_parameters(policy_parameters(spec), socket)
 
     def make_mts(self, average: str, nmts: int) -> Input:
         """The study's recipe on a single-socket input (as ``ipi_inputs/mts_water512``):
@@ -114,39 +72,11 @@ class Input:
         inner step) and output strides, counted in outer steps, divided by ``nmts``."""
         plain = self.socket()
         name = plain.get("name")
-        avg = copy.deepcopy(plain)
-        avg.set("name", "averaged")
-        addr = avg.find("address")
-        addr.text = (addr.text or "ipi").strip() + "_avg"
-        idx = list(self.root).index(plain)
-        self.root.insert(idx + 1, avg)
+        address = ((plain.findtext("address") or "ipi").strip()) + "_avg"
+        self.copy_ffsocket(name, "averaged", address)
         self.set_average("none", name).set_average(average, "averaged")
-        forces = self.root.find(".//forces")
-        for f in list(forces):
-            forces.remove(f)
-        for ff, w in ((name, "[-1, 1]"), ("averaged", "[1, 0]")):
-            ET.SubElement(
-                ET.SubElement(forces, "force", {"forcefield": ff}), "mts_weights"
-            ).text = w
-        dyn = self.root.find(".//dynamics")
-        ts = dyn.find("timestep")
-        ts.text = f"{float(ts.text) * nmts:g}"
-        nm = dyn.find("nmts")
-        if nm is None:
-            nm = ET.Element("nmts")
-            dyn.insert(list(dyn).index(ts) + 1, nm)
-        nm.text = f"[1, {int(nmts)}]"
-        for el in self.root.find("output"):
-            if el.get("stride") and el.tag != "checkpoint":
-                el.set("stride", str(max(1, int(el.get("stride")) // nmts)))
-        return self
-
-    def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ET.indent(self.tree)
-        self.tree.write(path, encoding="unicode")
-        return path
+        self.set_forces({name: "[-1, 1]", "averaged": "[1, 0]"})
+        return self.set_mts(nmts)
 
 
 @dataclass
@@ -164,9 +94,10 @@ class RunInfo:
 
     @property
     def status(self) -> str:
-        if self.exit_code == EXIT_OK:
+        if self.exit_code == exit_codes.OK:
             return "ok"
-        return "partial" if self.exit_code == EXIT_TIMEOUT and self.steps_done else "failed"
+        partial = self.exit_code == exit_codes.RUN_TIMEOUT and self.steps_done
+        return "partial" if partial else "failed"
 
     def to_dict(self) -> dict:
         return {

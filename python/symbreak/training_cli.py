@@ -1,0 +1,108 @@
+"""``symbreak train``: the command line of :class:`symbreak.training.Trainer`.
+
+Every field of :class:`symbreak.training_config.TrainConfig` is an option
+(``--energy-weight-start`` for ``energy_weight_start``); torch is imported only when a
+run starts, so that ``symbreak --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import exit_codes
+from .training_config import TrainConfig
+
+_HELP = {
+    "gas_weight": "weight of the gas-phase term: the mean square (eV/Å)^2 of the learned "
+    "part's forces on isolated molecules cut from the training frames (0: off)",
+    "gas_molecules": "isolated molecules per optimiser step for the gas-phase term",
+    "gas_noise": "Gaussian displacement (Å per component) of those molecules' atoms",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``symbreak train`` to the CLI (see :mod:`symbreak.cli`)."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a PET model on an extended XYZ file with energies and forces",
+        description="Train a PET model; writes the exported model, a metrics JSON, and "
+        "checkpoints (resume with --resume).",
+    )
+    defaults = TrainConfig()
+    p.add_argument("--data", required=True, help="extended XYZ with energies and forces")
+    p.add_argument("--output", default=defaults.output, help="exported model file")
+    p.add_argument("--workdir", default=defaults.workdir, help="checkpoints and history")
+    for name in (
+        "seed", "n_test", "n_val", "epochs", "batch_size", "lr", "lr_min", "warmup_steps",
+        "ema_decay", "energy_weight_start", "energy_weight_end", "energy_weight_ramp",
+        "threads", "max_minutes", "huber_delta", "spike_factor", "gas_weight",
+        "gas_molecules", "gas_noise",
+    ):  # fmt: skip
+        value = getattr(defaults, name)
+        p.add_argument(
+            f"--{name.replace('_', '-')}", type=type(value), default=value, help=_HELP.get(name)
+        )
+    p.add_argument("--no-augment", action="store_true", help="train without random rotations")
+    p.add_argument(
+        "--train-pair",
+        action="store_true",
+        help="keep training the pair prior after its least-squares fit (default: frozen)",
+    )
+    p.add_argument(
+        "--fit-three-body",
+        action="store_true",
+        help='with --resume: fit the three-body prior (--model-config \'{"three_body": '
+        "true}') to the residual of the checkpoint's model, then continue",
+    )
+    p.add_argument(
+        "--force-loss",
+        choices=["mse", "huber"],
+        default=defaults.force_loss,
+        help="loss per force component (huber: linear beyond --huber-delta eV/Å)",
+    )
+    p.add_argument(
+        "--autocast",
+        choices=["none", "bf16"],
+        default=defaults.autocast,
+        help="bf16: training steps with bfloat16 matrix products (faster on CPUs with "
+        "AVX-512 BF16 or AMX; metrics and the exported model stay float32)",
+    )
+    p.add_argument(
+        "--model-config", default="{}", help="JSON PETConfig overrides, e.g. '{\"d_model\": 64}'"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from workdir/checkpoint.pt")
+    p.add_argument(
+        "--new-schedule",
+        action="store_true",
+        help="with --resume: start a fresh warmup + cosine schedule (peak --lr) at the "
+        "checkpoint's epoch, ending at --epochs (weights, optimiser and history are kept)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    problem = None
+    if args.new_schedule and not args.resume:
+        problem = "--new-schedule continues a run: use it with --resume"
+    if args.fit_three_body and not args.resume:
+        problem = "--fit-three-body refits a trained model: use it with --resume"
+    try:
+        model = json.loads(args.model_config)
+    except json.JSONDecodeError as err:
+        problem = f"--model-config is not JSON: {err}"
+    if problem:
+        print(f"symbreak train: {problem}", file=sys.stderr)
+        return exit_codes.USAGE
+
+    from .training import Trainer  # torch: only once the options are known to be fine
+
+    cfg = TrainConfig(**fields, augment=not args.no_augment, model=model)
+    trainer = Trainer(cfg, progress=not args.quiet)
+    if args.resume:
+        trainer.load_checkpoint()
+    trainer.fit()
+    return exit_codes.OK
