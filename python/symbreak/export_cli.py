@@ -6,7 +6,8 @@ import argparse
 import sys
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``symbreak export`` to the CLI (see :mod:`symbreak.cli`)."""
     p = subparsers.add_parser(
         "export",
         help="re-export a model file with this version's code (same weights and metadata)",

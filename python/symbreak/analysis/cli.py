@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import exit_codes
+
 ANALYSES = [
     "rdf",
     "orientation",
@@ -71,7 +73,7 @@ def _finish(args, summary: dict, png: Path, js: Path, lines: list[str]) -> int:
     print(f"symbreak probe {args.analysis}: wrote {png} and {js}")
     for ln in lines:
         print("  " + ln)
-    return 0
+    return exit_codes.OK
 
 
 def _pm(x, e, fmt=".4g") -> str:
@@ -422,8 +424,9 @@ def _series_time(p: argparse.ArgumentParser) -> None:
     )
 
 
-def register(subparsers) -> argparse.ArgumentParser:
-    """Add ``probe`` and its analyses to a ``symbreak`` subparsers object."""
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``symbreak probe`` and its analyses to the CLI (see :mod:`symbreak.cli`); the
+    ``probe`` parser is returned for tests."""
     probe = subparsers.add_parser(
         "probe",
         help="analyse trajectories and properties: g(r), orientations, L(t), MSD, drift, ...",

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import exit_codes
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PLUGIN_NAME = "symbreakplugin.so"
 GRID_TABLE = PACKAGE_DIR / "data" / "rotation_grids.txt"
@@ -116,17 +118,18 @@ def read_grid_table(path: str | Path = GRID_TABLE) -> dict[tuple[str, int], tupl
 def _main(args: argparse.Namespace) -> int:
     if args.write_grid_table:
         print(write_grid_table(args.write_grid_table))
-        return 0
+        return exit_codes.OK
     try:
         path = plugin_path()
     except FileNotFoundError as err:
         print(f"symbreak lammps-plugin: {err}", file=sys.stderr)
-        return 1
+        return exit_codes.USAGE
     print(path.parent if args.dir else path)
-    return 0
+    return exit_codes.OK
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``symbreak lammps-plugin`` to the CLI (see :mod:`symbreak.cli`)."""
     p = subparsers.add_parser(
         "lammps-plugin",
         help="print the path of the LAMMPS plugin (pair_style symbreak)",

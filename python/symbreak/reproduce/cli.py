@@ -2,22 +2,26 @@
 experiments and write ``DIR/reproduction.md`` (plots and per-experiment folders with
 the i-PI outputs and JSON summaries in ``DIR/reproduction/``).
 
-Exit code 0 when every experiment ran (some possibly stopped by their time limits:
-``partial``), 1 when one or more failed (the report says why), 2 for a usage error,
-130/143 when interrupted (the report then holds the experiments done so far).
+Exit codes (:mod:`symbreak.exit_codes`): 0 when every experiment ran (some possibly
+stopped by their time limits: ``partial``), 1 for a usage error (nothing was run), 2
+when one or more failed (the report says why), 130 when interrupted (the report then
+holds the experiments done so far).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
+from .. import exit_codes
 
-def register(subparsers) -> argparse.ArgumentParser:
-    """Add ``symbreak reproduce`` to the CLI."""
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``symbreak reproduce`` to the CLI (see :mod:`symbreak.cli`)."""
     p = subparsers.add_parser(
         "reproduce",
         help="rerun the study's experiments and write a report (docs/reproduction.md)",
@@ -44,11 +48,10 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--inputs", type=Path, default=None, help="the i-PI inputs folder (default: ipi_inputs/)"
     )
     p.set_defaults(func=_run)
-    return p
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..engines.launcher import default_threads
+    from ..engines.clients import default_threads
     from .experiments import EXPERIMENTS, FULL, QUICK, Context, run_experiment
     from .inputs import DEFAULT_INPUTS, Interrupted
     from .report import kept_outcomes, write_report
@@ -56,14 +59,14 @@ def _run(args: argparse.Namespace) -> int:
     inputs = (args.inputs or DEFAULT_INPUTS).resolve()
     if not (inputs / "molecule_nve" / "input.xml").is_file():
         print(f"symbreak reproduce: no i-PI inputs in {inputs} (--inputs DIR)", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     try:
         only = None if args.only is None else {int(k) for k in args.only.split(",")}
         if only is not None and not only <= set(range(1, len(EXPERIMENTS) + 1)):
             raise ValueError
     except ValueError:
         print(f"symbreak reproduce: bad --only {args.only!r} (numbers 1 to 5)", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     threads = args.threads or default_threads(1)
     # i-PI and the clients inherit it: keeps numpy/OpenMP from oversubscribing the cores
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -78,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
                 outcomes.append(run_experiment(ctx, k, exp))
     except (Interrupted, KeyboardInterrupt) as err:
         ctx.log(f"interrupted ({err}): writing the report of what is done")
-        code = 130
+        code = exit_codes.from_signal(signal.SIGINT)
     # --only into a folder with a report of the same mode and model: the other
     # experiments keep their results there, so the report stays whole.
     kept = [] if only is None else kept_outcomes(out, only, settings.quick, args.model)
@@ -96,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     md = write_report(out, outcomes, meta)
     failed = [o.key for o in outcomes if o.status == "failed"]
     ctx.log(f"report: {md}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
-    return code or (1 if failed else 0)
+    return code or (exit_codes.REPRODUCE_FAILED if failed else exit_codes.OK)
 
 
 def _model_accuracy(model: str) -> str:
