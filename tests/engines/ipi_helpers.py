@@ -4,6 +4,9 @@
   summed over all periodic images within a cutoff) with exact forces and virial.
 - :class:`PolicyDriver`: the same, with ``set_policy``/``get_policy`` whose state shows up
   in the extras (to test the control channel).
+- :class:`SlowDriver`: a driver whose compute announces itself and then sleeps (signals
+  in the middle of a long model call).
+- :class:`FakeServer`: a scripted i-PI stand-in on a unix socket (the test plays the server).
 - :func:`run_ipi`: context manager that runs ``i-pi`` on an XML string in a directory,
   with a hard time limit and cleanup of the process and its unix socket files.
 - :func:`client_process`: context manager that runs an :class:`IPIClient` with one of the
@@ -169,7 +172,100 @@ class ZeroDriver:
         return [(0.0, zero, np.zeros((3, 3)), {})] * len(cells)
 
 
-DRIVERS = {"pair": PairDriver, "policy": PolicyDriver, "zero": ZeroDriver}
+class SlowDriver(ZeroDriver):
+    """Prints ``COMPUTE-STARTED`` (flushed) when compute starts, then spends ``delay`` s.
+
+    ``native=True`` (default) spends it as a long model call does: in native code that
+    releases the GIL and never returns to the interpreter (PBKDF2 in OpenSSL, calibrated
+    to ``delay``), so a signal handler cannot run on that thread until it ends; with
+    ``native=False`` it sleeps (``time.sleep`` is interrupted by signals)."""
+
+    def __init__(self, delay: float = 60.0, native: bool = True):
+        self.delay = float(delay)
+        self.native = bool(native)
+
+    def compute(self, cells: np.ndarray, positions: np.ndarray) -> list[tuple]:
+        if self.native:
+            import hashlib
+
+            t0 = time.perf_counter()
+            hashlib.pbkdf2_hmac("sha256", b"symbreak", b"salt", 20_000)
+            rate = 20_000 / max(time.perf_counter() - t0, 1e-6)
+            print("COMPUTE-STARTED", flush=True)
+            hashlib.pbkdf2_hmac("sha256", b"symbreak", b"salt", int(rate * self.delay))
+        else:
+            print("COMPUTE-STARTED", flush=True)
+            time.sleep(self.delay)
+        return super().compute(cells, positions)
+
+
+DRIVERS = {"pair": PairDriver, "policy": PolicyDriver, "zero": ZeroDriver, "slow": SlowDriver}
+
+
+# ======================================================================================
+# A scripted server
+# ======================================================================================
+class FakeServer:
+    """A scripted i-PI stand-in on a unix socket (the test thread plays the server);
+    messages are built with :mod:`symbreak.engines.ipi_protocol`."""
+
+    def __init__(self, path: str):
+        import socket
+
+        self.path = path
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(1)
+        self.listener.settimeout(10)
+        self.conn: Any = None
+
+    def accept(self) -> FakeServer:
+        self.conn, _ = self.listener.accept()
+        self.conn.settimeout(10)
+        return self
+
+    def send(self, data: bytes) -> None:
+        self.conn.sendall(data)
+
+    def recv(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.conn.recv(n - len(buf))
+            if not chunk:
+                break
+            buf += chunk
+        return buf
+
+    def readinto(self, view: memoryview, what: str) -> None:
+        """The codec's ``readinto`` over the connection (to decode replies)."""
+        data = self.recv(len(view))
+        if len(data) < len(view):
+            raise EOFError(f"client closed the connection in the middle of {what}")
+        view[:] = data
+
+    def peer_closed(self) -> bool:
+        """True if the client closed the connection (EOF, or a reset when it left our
+        unread bytes behind)."""
+        try:
+            return self.conn.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def handshake(self, params: bytes = b" ") -> None:
+        from symbreak.engines import ipi_protocol as wire
+
+        self.send(wire.STATUS)
+        assert self.recv(12) == wire.NEEDINIT
+        self.send(wire.INIT + np.int32(0).tobytes() + np.int32(len(params)).tobytes() + params)
+        self.send(wire.STATUS)
+        assert self.recv(12) == wire.READY
+
+    def close(self) -> None:
+        for s in (self.conn, self.listener):
+            if s is not None:
+                s.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
 
 
 # ======================================================================================
@@ -434,6 +530,9 @@ def _client_main(cfg: dict[str, Any]) -> int:
     )
     rc = client.run()
     print(f"CLIENT-EXIT rc={rc} requests={client.n_requests}", flush=True)
+    if client.driver_busy:  # as `symbreak serve`: do not wait for an abandoned model call
+        sys.stderr.flush()
+        os._exit(rc)
     return rc
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from ipi.utils.units import unit_to_internal
 from ipi_helpers import (
+    FakeServer,
     PairDriver,
     PolicyDriver,
     client_process,
@@ -32,22 +33,21 @@ from ipi_helpers import (
 
 from symbreak.engines import control as ctl
 from symbreak.engines.ipi_client import (
-    BOHR_IN_ANGSTROM,
     EXIT_CONNECT_FAILED,
     EXIT_DISCONNECTED,
     EXIT_ERROR,
     EXIT_OK,
-    HARTREE_IN_EV,
     parse_parameters,
     split_init_string,
 )
+from symbreak.engines.units import BOHR_IN_ANGSTROM, HARTREE_IN_EV
 
 RC = 3.6  # cutoff of the test driver, comparable to the cell: many periodic images
 # A triclinic cell (rows; lower triangular, i.e. i-PI's upper-triangular h) and 6 atoms.
 CELL = np.array([[4.2, 0.0, 0.0], [1.1, 4.0, 0.0], [0.7, -0.9, 4.4]])
 POS = np.random.default_rng(0).uniform(0.0, 4.0, (6, 3))
-# i-PI reads the Å input with its own 8-digit factor; the client converts back with
-# CODATA 2018: this is the cell the driver sees (a 1.4e-8 relative difference).
+# i-PI reads the Å input with its own factor and the client converts back with the same
+# one (symbreak.engines.units): this is the cell the driver sees (equal to CELL to ~1 ulp).
 CELL_SEEN = CELL * unit_to_internal("length", "angstrom", 1.0) * BOHR_IN_ANGSTROM
 
 
@@ -109,7 +109,7 @@ def _ipi_xml(
 
 
 def _read_positions(path: Path) -> list[np.ndarray]:
-    """Frames of i-PI's extxyz trajectory, in Å (CODATA 2018), as the client saw them.
+    """Frames of i-PI's extxyz trajectory, in Å (i-PI's factors), as the client saw them.
 
     i-PI writes extxyz in ASE units (ase.units.Bohr, CODATA 2014) with 8 decimals."""
     import ase.io
@@ -205,7 +205,7 @@ def test_ase_socketio_triclinic(mode, threaded_client, sock_prefix):
             port = s.getsockname()[1]
         calc = SocketIOCalculator(port=port, timeout=20)
         tc = threaded_client(driver, "127.0.0.1", unix=False, port=port, control=False)
-    # ASE converts with CODATA 2014, the client with CODATA 2018: predict exactly.
+    # ASE converts with CODATA 2014, the client with i-PI's factors: predict exactly.
     s_len = ase.units.Bohr**-1 * BOHR_IN_ANGSTROM  # what the driver sees per ASE Å
     k_e = ase.units.Hartree / HARTREE_IN_EV  # ASE eV per driver eV
     try:
@@ -262,7 +262,7 @@ def test_ipi_nvt_extras_and_potential(tmp_path, sock_prefix, init_xyz):
     assert len(pot_ha) == len(frames) == len(energies) == 5
     d = PairDriver(rc=RC)
     for k in range(5):
-        # the client's energy conversion is exact: i-PI's Hartree x CODATA 2018 = driver eV
+        # the client's energy conversion is exact: i-PI's Hartree x i-PI's eV = driver eV
         assert pot_ha[k] * HARTREE_IN_EV == pytest.approx(energies[k], rel=1e-14)
         # ... and the driver saw the positions i-PI recorded (8 decimals in the file)
         assert d.energy(CELL_SEEN, frames[k]) == pytest.approx(energies[k], abs=2e-6)
@@ -392,59 +392,6 @@ def test_server_killed_midrun(tmp_path, sock_prefix, init_xyz):
             assert time.monotonic() - t0 < 5
     assert "the server has exited or crashed" in cl.stderr()
     assert not os.path.exists(f"{sock_prefix}symbreak_ctl_{address}")
-
-
-class FakeServer:
-    """A scripted i-PI stand-in on a unix socket (the test thread plays the server)."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(path)
-        self.listener.listen(1)
-        self.listener.settimeout(10)
-        self.conn: socket.socket | None = None
-
-    def accept(self) -> FakeServer:
-        self.conn, _ = self.listener.accept()
-        self.conn.settimeout(10)
-        return self
-
-    def send(self, data: bytes) -> None:
-        self.conn.sendall(data)
-
-    def recv(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.conn.recv(n - len(buf))
-            if not chunk:
-                break
-            buf += chunk
-        return buf
-
-    def peer_closed(self) -> bool:
-        """True if the client closed the connection (EOF, or a reset when it left our
-        unread bytes behind)."""
-        try:
-            return self.conn.recv(1) == b""
-        except ConnectionResetError:
-            return True
-
-    def handshake(self, params: bytes = b" ") -> None:
-        self.send(b"STATUS      ")
-        assert self.recv(12) == b"NEEDINIT    "
-        self.send(
-            b"INIT        " + np.int32(0).tobytes() + np.int32(len(params)).tobytes() + params
-        )
-        self.send(b"STATUS      ")
-        assert self.recv(12) == b"READY       "
-
-    def close(self) -> None:
-        for s in (self.conn, self.listener):
-            if s is not None:
-                s.close()
-        if os.path.exists(self.path):
-            os.unlink(self.path)
 
 
 @pytest.fixture
