@@ -1,11 +1,12 @@
-"""The one evaluator every front end calls (ASE, i-PI client and potential, analysis).
+"""The one evaluator every Python front end calls (ASE, i-PI client and potential, analysis).
 
-Per call: one neighbour list per structure, all structures (e.g. path-integral beads)
-packed into one graph, then the exported model's ``compute`` runs the K rotated copies
-in batches of ``rotation_batch`` and returns the weighted mean energy, its exact
-gradient (forces, virial) and the spread over rotations. The averaging policy is an
-argument of each call (or a default changed with :meth:`Evaluator.set_policy`): switching
-it never reloads the model.
+An adapter, not physics: per call it builds one neighbour list per structure, packs all
+structures (e.g. path-integral beads) into one graph and calls the model file's contract
+(:mod:`symbreak.contract`), which draws the policy's rotations, averages, differentiates and
+computes the diagnostics. The only thing decided here is how the K rotations are spread
+over worker threads (``accumulate`` per group, then ``merge`` and ``finalize``). The
+averaging policy is an argument of each call (or a default changed with
+:meth:`Evaluator.set_policy`): switching it never reloads the model.
 
 Units: Å, eV, eV/Å; virial in eV (-∂E/∂ε, not divided by the volume).
 """
@@ -22,19 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .contract import EDGE_BUDGET, carried_grids
 from .export import LoadedModel, load_model
 from .graph import Graph, build_graph
 from .rotations import AveragingPolicy
-
-# Token budget of one model call when rotation_batch is automatic: rotations are
-# chunked so that K_chunk × edges stays below this (bounds the memory of the batch).
-# Rotated edges per model call when rotation_batch is not given. On CPU, larger chunks are
-# slower per rotation, not faster: the default-size PET keeps ≈ 45 kB of activations per
-# rotated edge for the backward pass, and once a chunk's working set leaves the cache
-# every layer streams it from memory (192 atoms, lebedev:3, 1 thread: batched/separate =
-# 0.89 with 2 rotations per call, 1.00 with 3, 1.15 with 6, 1.26 with 11;
-# benchmarks/averaging.py). 8192 edges ≈ 2 rotations of 64 H2O, ≈ 0.4 GB.
-AUTO_EDGE_BUDGET = 8_192
 
 # TorchScript's optimising (profiling) executor makes the default-size PET slower and
 # hungrier on CPU (benchmarks/averaging.py --jit-optimize: CPU time of a plain call
@@ -117,8 +109,12 @@ class Evaluator:
         dtype: torch.dtype | None = None,
         workers: int | None = None,
     ):
-        if workers is not None and workers < 1:
-            raise ValueError(f"workers must be >= 1 or None (automatic), not {workers}")
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"workers must be an integer >= 1 or None (automatic), not {workers!r}")
+        if rotation_batch is not None and (not isinstance(rotation_batch, int) or rotation_batch < 1):
+            raise ValueError(
+                f"rotation_batch must be an integer >= 1 or None (automatic), not {rotation_batch!r}"
+            )
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.module = self.model.module
         if dtype is None:  # the model's own precision
@@ -140,6 +136,7 @@ class Evaluator:
         self._pool_workers = 0  # threads of the current pool
         self._lock = threading.Lock()  # policy changes may come from a control thread
         self._parsed: dict[str, AveragingPolicy] = {}  # text specs of per-call policies
+        self._carried = {f"{family}:{order}" for family, order in carried_grids()}
         self.policy = _as_policy(policy, AveragingPolicy())
         self.calls = 0
 
@@ -148,15 +145,10 @@ class Evaluator:
     def set_policy(
         self, average: AveragingPolicy | str, inversion: bool | None = None, seed: int | None = None
     ) -> AveragingPolicy:
-        """Change the default policy; returns the new one. ``inversion``/``seed``
-        override what the spec string says when given."""
-        policy = _as_policy(average, self.policy)
-        if inversion is not None or seed is not None:
-            policy = AveragingPolicy(
-                policy.spec,
-                policy.inversion if inversion is None else bool(inversion),
-                policy.seed if seed is None else int(seed),
-            )
+        """Change the default policy; returns the new one. ``inversion``/``seed`` replace
+        what the spec says when given (None keeps it; see
+        :meth:`AveragingPolicy.with_options`)."""
+        policy = _as_policy(average, self.policy).with_options(inversion, seed)
         with self._lock:
             self.policy = policy
         return policy
@@ -165,6 +157,16 @@ class Evaluator:
 
     def graph(self, s: Structure) -> Graph:
         return build_graph(s.numbers, s.positions, s.cell, s.pbc, self.cutoff, self.species)
+
+    def rotations(self, policy: AveragingPolicy) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotations [K, 3, 3] and weights [K] of the policy's next evaluation, drawn
+        by the model file (its grid tables, its random stream); grids beyond the file's
+        tables (a bound raised with ``+max=N``) from :mod:`symbreak.rotations`."""
+        text, counter = policy.draw()
+        if policy.is_random or policy.spec in self._carried or policy.n_rotations <= 2:
+            return self.module.policy_rotations(text, counter)
+        rotations, weights = policy.rotations()
+        return torch.from_numpy(rotations), torch.from_numpy(weights)
 
     def compute(
         self,
@@ -180,15 +182,17 @@ class Evaluator:
             structures = [structures]
         with self._lock:
             policy = _as_policy(policy, self.policy, self._parsed)
-            rotations, weights = policy.rotations()
+            rotations, weights = self.rotations(policy)
         graphs = [self.graph(s) for s in structures]
-        packed = _pack(graphs, self.dtype)
-        n_edges = int(packed["centers"].shape[0])
+        inputs = _pack(structures, graphs)
+        n_edges = int(inputs["centers"].shape[0])
         k = len(weights)
         threads = torch.get_num_threads()
-        workers, batch = rotation_plan(k, n_edges, threads, self.workers, self.rotation_batch)
-        rotations = torch.from_numpy(np.ascontiguousarray(rotations))
-        weights_t = torch.from_numpy(np.ascontiguousarray(weights))
+        budget = int(self.module.edge_budget)
+        workers, batch = rotation_plan(
+            k, n_edges, threads, self.workers, self.rotation_batch, budget
+        )
+        args = [inputs[name] for name in _INPUTS]
 
         def run(start: int, stop: int) -> dict[str, torch.Tensor]:
             """Rotations start..stop-1 (grad mode and the JIT flag are per thread)."""
@@ -197,35 +201,25 @@ class Evaluator:
                 # restores it after each parallel call: set both at every task.
                 torch.set_num_threads(max(1, threads // workers))
             with torch.set_grad_enabled(gradients), torch.jit.optimized_execution(JIT_OPTIMIZE):
-                return self.module.compute(
-                    packed["species"],
-                    packed["centers"],
-                    packed["neighbors"],
-                    packed["vectors"],
-                    packed["reverse"],
-                    packed["structure"],
-                    len(graphs),
-                    rotations[start:stop],
-                    weights_t[start:stop],
-                    gradients,
-                    batch,
+                return self.module.accumulate(
+                    *args, rotations[start:stop], weights[start:stop], gradients, batch
                 )
 
         if workers == 1:
-            out = run(0, k)
+            raw = run(0, k)
         else:
             pool = self._worker_pool(workers)
             try:
                 bounds = np.linspace(0, k, workers + 1).round().astype(int).tolist()
                 futures = [pool.submit(run, bounds[i], bounds[i + 1]) for i in range(workers)]
-                outs = [f.result() for f in futures]
+                raw = self.module.merge([f.result() for f in futures])
             finally:
                 # The workers' torch.set_num_threads also set torch's default for threads
                 # started later: give it back the caller's value.
                 torch.set_num_threads(threads)
-            out = _merge(outs, self.module.baseline_energies(packed["species"]))
+        out = self.module.finalize(raw, inputs["numbers"], inputs["structure"], inputs["selected"])
         self.calls += 1
-        return _unpack(out, graphs, packed, policy, weights, gradients)
+        return _unpack(out, inputs, policy, gradients)
 
     def _worker_pool(self, workers: int) -> ThreadPoolExecutor:
         if self._pool_workers != workers:
@@ -252,93 +246,85 @@ def rotation_plan(
     threads: int,
     workers: int | None = None,
     rotation_batch: int | None = None,
+    edge_budget: int = EDGE_BUDGET,
 ) -> tuple[int, int]:
     """How K rotations of a graph with ``n_edges`` edges are evaluated with ``threads``
     torch threads: (parallel worker threads, rotations per model call of each worker).
     None picks automatically: one worker per thread while one rotation per worker fits
-    the edge budget (large systems keep intra-op threads and the memory of one call), and
-    chunks that keep the rotated edges in flight within the budget."""
+    the model file's edge budget (large systems keep intra-op threads and the memory of
+    one call), and chunks that keep the rotated edges in flight within the budget."""
     n_edges = max(n_edges, 1)
     if workers is None:
-        workers = min(threads, AUTO_EDGE_BUDGET // n_edges)
+        workers = min(threads, edge_budget // n_edges)
     workers = max(1, min(workers, k))
     if rotation_batch is None:
-        rotation_batch = min(-(-k // workers), AUTO_EDGE_BUDGET // (workers * n_edges))
+        rotation_batch = min(-(-k // workers), edge_budget // (workers * n_edges))
     return workers, max(1, rotation_batch)
 
 
-def _pack(graphs: list[Graph], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Concatenate graphs (atom and edge indices offset) into the model's inputs."""
+#: The graph inputs of the contract's ``accumulate``, in order.
+_INPUTS = (
+    "numbers", "positions", "cells", "structure", "centers", "neighbors", "shifts", "reverse",
+    "selected",
+)  # fmt: skip
+
+
+def _pack(structures: Sequence[Structure], graphs: list[Graph]) -> dict[str, torch.Tensor]:
+    """The contract's inputs for several structures: atoms and edges concatenated, atom
+    and edge indices offset; every atom's energy counts."""
     atom_offsets = np.cumsum([0] + [g.n_atoms for g in graphs])
     edge_offsets = np.cumsum([0] + [len(g.centers) for g in graphs])
 
-    def cat(name: str, offsets=None) -> np.ndarray:
-        parts = [getattr(g, name) for g in graphs]
-        if offsets is not None:
-            parts = [p + o for p, o in zip(parts, offsets, strict=False)]
-        return np.concatenate(parts) if parts else np.zeros(0)
+    def cat(parts: list[np.ndarray], dtype, shape=(-1,)) -> torch.Tensor:
+        array = np.concatenate(parts) if parts else np.zeros(0)
+        return torch.from_numpy(np.ascontiguousarray(array.astype(dtype).reshape(shape)))
 
-    structure = np.repeat(np.arange(len(graphs)), [g.n_atoms for g in graphs])
+    def offset(name: str, offsets: np.ndarray) -> list[np.ndarray]:
+        return [getattr(g, name) + o for g, o in zip(graphs, offsets[:-1], strict=True)]
+
+    n = int(atom_offsets[-1])
     return {
-        "species": torch.from_numpy(cat("species").astype(np.int64)),
-        "centers": torch.from_numpy(cat("centers", atom_offsets).astype(np.int64)),
-        "neighbors": torch.from_numpy(cat("neighbors", atom_offsets).astype(np.int64)),
-        "reverse": torch.from_numpy(cat("reverse", edge_offsets).astype(np.int64)),
-        "vectors": torch.from_numpy(cat("vectors").reshape(-1, 3)).to(dtype),
-        "structure": torch.from_numpy(structure.astype(np.int64)),
+        "numbers": cat([np.asarray(s.numbers) for s in structures], np.int64),
+        "positions": cat([np.asarray(s.positions) for s in structures], np.float64, (-1, 3)),
+        "cells": cat([_cell(s) for s in structures], np.float64, (-1, 3, 3)),
+        "structure": cat([np.full(g.n_atoms, b) for b, g in enumerate(graphs)], np.int64),
+        "centers": cat(offset("centers", atom_offsets), np.int64),
+        "neighbors": cat(offset("neighbors", atom_offsets), np.int64),
+        "shifts": cat([g.shifts for g in graphs], np.int64, (-1, 3)),
+        "reverse": cat(offset("reverse", edge_offsets), np.int64),
+        "selected": torch.ones(n, dtype=torch.bool),
         "atom_offsets": torch.from_numpy(atom_offsets),
     }
 
 
-def _merge(outs: list[dict[str, torch.Tensor]], baseline: torch.Tensor) -> dict:
-    """Combine ``compute`` outputs over disjoint groups of one grid's rotations (weights
-    not renormalised per group): weighted sums add up, per-rotation energies are
-    concatenated in group order. Every group's ``atomic_energies`` carries the full
-    per-species ``baseline`` [N], so all but one copy is taken off."""
-    merged = {
-        "energy_per_rotation": torch.cat([o["energy_per_rotation"] for o in outs], dim=1),
-        "atomic_energies": sum(o["atomic_energies"] for o in outs) - (len(outs) - 1) * baseline,
-    }
-    for key in ("energy", "edge_gradients", "forces", "forces_rot_sq", "virial"):
-        if key in outs[0]:
-            merged[key] = sum(o[key] for o in outs)
-    return merged
+def _cell(s: Structure) -> np.ndarray:
+    """The cell [1, 3, 3] (zeros for none: its shifts are all zero)."""
+    cell = np.zeros((3, 3)) if s.cell is None else np.asarray(s.cell, dtype=np.float64)
+    return cell.reshape(1, 3, 3)
 
 
-def _unpack(out, graphs, packed, policy, weights, gradients) -> list[Result]:
-    offsets = packed["atom_offsets"].tolist()
-    w = np.asarray(weights, dtype=np.float64)
-    e_rot = out["energy_per_rotation"].numpy()
+def _unpack(out: dict, inputs: dict, policy: AveragingPolicy, gradients: bool) -> list[Result]:
+    """Per-structure results (numpy) from the contract's outputs."""
+    offsets = inputs["atom_offsets"].tolist()
+    n_rotations = int(out["weights"].shape[0])
     results = []
-    for b in range(len(graphs)):
+    for b in range(len(offsets) - 1):
         a0, a1 = offsets[b], offsets[b + 1]
-        energy = float(out["energy"][b])
-        e_std = float(np.sqrt(max(np.sum(w * (e_rot[b] - energy) ** 2), 0.0)))
         diag = {
             "average": str(policy),
-            "n_rotations": int(len(w)),
-            "energy_rot_std": e_std,
+            "n_rotations": n_rotations,
+            "energy_rot_std": float(out["energy_rot_std"][b]),
         }
         if gradients:
             forces = out["forces"][a0:a1].double().numpy()
-            sq = out["forces_rot_sq"][a0:a1].double().numpy()
-            per_atom = np.sqrt(np.clip(sq - (forces**2).sum(1), 0.0, None))
-            diag["forces_rot_std"] = float(np.sqrt(np.mean(per_atom**2))) if len(per_atom) else 0.0
-            diag["forces_rot_std_atoms"] = per_atom
-            virial = out["virial"][b].double().numpy()
-            # A model that is not rotation invariant exerts a net torque on the system:
-            # it is the antisymmetric part of -Σ r ⊗ ∂E/∂r (τ_a = ε_abc W_bc). The stress
-            # is the derivative with respect to *symmetric* strain: the symmetric part.
-            diag["torque"] = np.array(
-                [
-                    virial[1, 2] - virial[2, 1],
-                    virial[2, 0] - virial[0, 2],
-                    virial[0, 1] - virial[1, 0],
-                ]
-            )
-            virial = 0.5 * (virial + virial.T)
+            virial = out["virial"][b].numpy()
+            diag["forces_rot_std"] = float(out["forces_rot_std"][b])
+            diag["forces_rot_std_atoms"] = out["forces_rot_std_atoms"][a0:a1].numpy()
+            diag["torque"] = out["torque"][b].numpy()
         else:
             forces = np.full((a1 - a0, 3), np.nan)
             virial = np.full((3, 3), np.nan)
-        results.append(Result(energy, forces, virial, out["atomic_energies"][a0:a1].numpy(), diag))
+        energy = float(out["energy"][b])
+        atomic = out["atomic_energies"][a0:a1].numpy()
+        results.append(Result(energy, forces, virial, atomic, diag))
     return results

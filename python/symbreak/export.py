@@ -1,9 +1,15 @@
 """Export a trained model to one TorchScript file with its metadata, and load it back.
 
-The file is a TorchScript archive with an extra file ``metadata.json`` holding what any
-front end needs without Python: species (atomic numbers), cutoff and receptive field (Å),
-units, the torch version it was exported with, the training-data fingerprint and the
-training metrics. C++ (LAMMPS) reads the same extra file.
+The file is a scripted :class:`~symbreak.contract.AveragedModel` (the contract every engine
+calls) with an extra file ``metadata.json`` holding what any front end needs without
+Python: species (atomic numbers), cutoff and receptive field (Å), units, the contract
+version, the torch version it was exported with, the training-data fingerprint and the
+training metrics. C++ (LAMMPS) reads the same extra file. Loading checks that the
+metadata agrees with what the module itself knows (species, cutoff, receptive field,
+contract version, entry points) and refuses a file where they differ.
+
+Trust: loading a model file runs the TorchScript code inside it. Load model files only
+from sources you trust, as you would run their Python code.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .model import PET
+from .contract import CONTRACT_VERSION, AveragedModel
+from .model import PET, PETConfig
 
 SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
 METADATA_FILE = "metadata.json"
@@ -30,6 +37,7 @@ class ModelMetadata:
     units: dict = field(default_factory=lambda: {"length": "angstrom", "energy": "eV"})
     config: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)  # data fingerprint, split, metrics
+    contract: int = 1  # version of the entry points (symbreak.contract); 1: before it
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=1, sort_keys=True)
@@ -37,15 +45,20 @@ class ModelMetadata:
 
 @dataclass
 class LoadedModel:
-    """A loaded TorchScript model and its metadata."""
+    """A loaded TorchScript model (an :class:`AveragedModel`) and its metadata.
+    ``upgraded``: the file predates the contract and was wrapped in memory on loading."""
 
     module: torch.jit.ScriptModule
     metadata: ModelMetadata
     path: Path
+    upgraded: bool = False
+
+#: The methods of the contract that engines call.
+ENTRY_POINTS = ("compute", "accumulate", "merge", "finalize", "policy_rotations", "parse_policy")
 
 
 def export_model(model: PET, path: str | Path, config: dict, training: dict) -> ModelMetadata:
-    """Script ``model`` and write it with its metadata to ``path``."""
+    """Wrap ``model`` in the contract, script it and write it with its metadata to ``path``."""
     meta = ModelMetadata(
         species=list(model.species),
         cutoff=float(model.cutoff),
@@ -53,12 +66,18 @@ def export_model(model: PET, path: str | Path, config: dict, training: dict) -> 
         torch_version=torch.__version__.split("+")[0],
         config=config,
         training=training,
+        contract=CONTRACT_VERSION,
     )
-    scripted = torch.jit.script(model.eval())
+    scripted = script_model(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.save(scripted, str(path), _extra_files={METADATA_FILE: meta.to_json()})
     return meta
+
+
+def script_model(model: PET) -> torch.jit.ScriptModule:
+    """The scripted contract around ``model`` (weights shared, eval mode)."""
+    return torch.jit.script(AveragedModel(model.eval()).eval())
 
 
 def shipped_models() -> list[str]:
@@ -96,41 +115,23 @@ def _read(path: Path) -> tuple[torch.jit.ScriptModule, ModelMetadata]:
     return module, meta
 
 
-def load_model(name_or_path: str | Path) -> LoadedModel:
-    """Load an exported model. Raises a clear error for a missing, corrupt or
-    incompatible file (exported by another torch major.minor version)."""
-    path = resolve_model_path(name_or_path)
-    module, meta = _read(path)
-    running = torch.__version__.split("+")[0]
-    if meta.torch_version.split(".")[:2] != running.split(".")[:2]:
-        raise RuntimeError(
-            f"'{path}' was exported with torch {meta.torch_version}, but torch {running} is "
-            "running; TorchScript files are only supported by the torch version that wrote "
-            "them: install that version or re-export the model (symbreak export)"
-        )
-    # Inference only needs gradients with respect to the inputs: with trainable weights,
-    # TorchScript's backward also computes every weight gradient (measured: ~2x the
-    # matrix products, 1.45x the time of an energy + forces call).
-    for parameter in module.parameters():
-        parameter.requires_grad_(False)
-    return LoadedModel(module.eval(), meta, path)
+def _inner_state(module: torch.jit.ScriptModule) -> dict:
+    """The PET weights of a file: the ``inner.`` module of a contract file, the top-level
+    module of an older one."""
+    state = module.state_dict()
+    if any(k.startswith("inner.") for k in state):
+        return {k[len("inner.") :]: v for k, v in state.items() if k.startswith("inner.")}
+    return dict(state)
 
 
-def reexport_model(name_or_path: str | Path, output: str | Path) -> ModelMetadata:
-    """Write a model file again with this version's code: the same weights, buffers and
-    metadata (config, training), this torch version. The scripted code, e.g. how
-    ``compute`` averages, is frozen inside a file at export; this brings an older file
-    up to date. ``output`` may be the source itself."""
-    path = resolve_model_path(name_or_path)
-    module, meta = _read(path)
-    from .model import PETConfig
-
+def _rebuild(path: Path, module: torch.jit.ScriptModule, meta: ModelMetadata) -> PET:
+    """A PET with the weights of ``module``, built from the file's own config."""
     try:
         model = PET(PETConfig(**meta.config))
     except (TypeError, ValueError) as err:
         raise ValueError(f"'{path}': its config cannot build a PET here: {err}") from err
     try:
-        result = model.load_state_dict(module.state_dict(), strict=False)
+        result = model.load_state_dict(_inner_state(module), strict=False)
     except RuntimeError as err:  # shapes that the config does not give
         raise ValueError(f"'{path}' does not match its own config: {err}") from err
     # A file from before the three-body prior lacks its (empty) coefficients.
@@ -140,6 +141,69 @@ def reexport_model(name_or_path: str | Path, output: str | Path) -> ModelMetadat
             f"'{path}' does not match its own config: missing {missing}, "
             f"unexpected {result.unexpected_keys}"
         )
+    return model
+
+
+def check_module(path: Path, module: torch.jit.ScriptModule, meta: ModelMetadata) -> None:
+    """ValueError naming the file and the field where the metadata and the module differ."""
+    missing = [m for m in ENTRY_POINTS if not module._c._has_method(m)]
+    if missing:
+        raise ValueError(f"'{path}' has no method(s) {', '.join(missing)}: not a model file")
+    version = int(getattr(module, "contract_version", -1))
+    if version != CONTRACT_VERSION or meta.contract != CONTRACT_VERSION:
+        raise ValueError(
+            f"'{path}': contract version {version} (metadata {meta.contract}), this symbreak "
+            f"reads {CONTRACT_VERSION}: re-export the file (symbreak export)"
+        )
+    fields = {
+        "species": (list(module.species), list(meta.species)),
+        "cutoff": (float(module.cutoff), float(meta.cutoff)),
+        "receptive_field": (float(module.receptive_field), float(meta.receptive_field)),
+    }
+    for name, (inside, written) in fields.items():
+        if inside != written:
+            raise ValueError(
+                f"'{path}': metadata.json says {name} = {written}, but the module holds "
+                f"{inside}: a corrupt or hand-edited file"
+            )
+
+
+def load_model(name_or_path: str | Path) -> LoadedModel:
+    """Load an exported model. Raises a clear error for a missing, corrupt, inconsistent
+    or incompatible file (exported by another torch major.minor version). A file written
+    before the contract (``contract`` 1, a bare PET) is wrapped in memory; ``symbreak
+    export`` writes it anew."""
+    path = resolve_model_path(name_or_path)
+    module, meta = _read(path)
+    running = torch.__version__.split("+")[0]
+    if meta.torch_version.split(".")[:2] != running.split(".")[:2]:
+        raise RuntimeError(
+            f"'{path}' was exported with torch {meta.torch_version}, but torch {running} is "
+            "running; TorchScript files are only supported by the torch version that wrote "
+            "them: install that version or re-export the model (symbreak export)"
+        )
+    upgraded = False
+    if meta.contract < CONTRACT_VERSION and not hasattr(module, "contract_version"):
+        module = script_model(_rebuild(path, module, meta))
+        meta.contract = CONTRACT_VERSION
+        upgraded = True
+    check_module(path, module, meta)
+    # Inference only needs gradients with respect to the inputs: with trainable weights,
+    # TorchScript's backward also computes every weight gradient (measured: ~2x the
+    # matrix products, 1.45x the time of an energy + forces call).
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return LoadedModel(module.eval(), meta, path, upgraded)
+
+
+def reexport_model(name_or_path: str | Path, output: str | Path) -> ModelMetadata:
+    """Write a model file again with this version's code: the same weights, buffers and
+    metadata (config, training), this torch version. The scripted code, e.g. how
+    ``compute`` averages, is frozen inside a file at export; this brings an older file
+    up to date. ``output`` may be the source itself."""
+    path = resolve_model_path(name_or_path)
+    module, meta = _read(path)
+    model = _rebuild(path, module, meta)
     output = Path(output)
     tmp = output.with_name(output.name + ".tmp")
     meta = export_model(model, tmp, meta.config, meta.training)

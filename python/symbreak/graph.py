@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .contract import MIN_DISTANCE
 from .neighbors import neighbor_list
-
-MIN_DISTANCE = 1e-4  # Å; closer atoms are an input error, not a structure
 
 
 @dataclass

@@ -29,11 +29,10 @@ readout gives the transformer the same stiff radial functions, modulated by each
 environment (e.g. an O–H bond softened by a hydrogen bond). The prior is invariant; every
 token still reads raw Cartesian vectors, so the model is not equivariant.
 
-Rotational averaging is part of the exported code: :meth:`PET.compute` takes a stack of
-rotations [K, 3, 3] and weights [K], evaluates all K rotated copies of the edge vectors
-in one batched call, returns the weighted mean energy and its exact gradient, and the
-per-rotation spread. K = 1 with the identity is the plain model. Only the transformer is
-evaluated K times: the invariant priors give the same value for every copy, once.
+Rotational averaging, gradients and diagnostics are not here: the exported file wraps the
+PET in :class:`symbreak.contract.AveragedModel`, which evaluates K rotated copies of the
+edges through :meth:`PET.learned_energies` in batched calls and the invariant
+:meth:`PET.prior_energies` once.
 """
 
 from __future__ import annotations
@@ -337,127 +336,6 @@ class PET(nn.Module):
             energy = energy + layer.head_central(node).squeeze(1)
             energy = energy.index_add(0, centers_sorted, e_edge)
         return self.energy_scale.to(dtype) * energy
-
-    # -- the exported entry point: rotations, averaging, gradients ----------------------
-
-    @torch.jit.export
-    def compute(
-        self,
-        species: Tensor,
-        centers: Tensor,
-        neighbors: Tensor,
-        vectors: Tensor,
-        reverse: Tensor,
-        structure: Tensor,
-        n_structures: int,
-        rotations: Tensor,
-        weights: Tensor,
-        compute_gradients: bool = True,
-        rotation_batch: int = 0,
-    ) -> dict[str, Tensor]:
-        """Rotationally averaged energies and their exact gradients.
-
-        Inputs: species [N] (indices), centers/neighbors/reverse [E], vectors [E, 3] (Å),
-        structure [N] (0..n_structures-1), rotations [K, 3, 3] acting as r -> R r,
-        weights [K] (sum 1), rotation_batch: rotations per model call (0: all at once).
-
-        Returns a dict of tensors (eV, Å):
-          energy [B]                 Σ_k w_k E_k  (float64, as all energies here)
-          energy_per_rotation [B, K] E_k
-          atomic_energies [N]        Σ_k w_k ε_ik
-          edge_gradients [E, 3]      ∂energy/∂r_ij (if compute_gradients)
-          forces [N, 3]              -∂energy/∂x
-          forces_rot_sq [N]          Σ_k w_k |F_ik|² (back-rotated per-rotation forces)
-          virial [B, 3, 3]           -Σ r_ij ⊗ ∂energy/∂r_ij  (eV, not divided by volume)
-        """
-        n_atoms = species.shape[0]
-        n_edges = centers.shape[0]
-        n_rot = rotations.shape[0]
-        dtype = vectors.dtype
-        device = vectors.device
-        chunk = n_rot if rotation_batch <= 0 else min(rotation_batch, n_rot)
-        rotations = rotations.to(dtype)
-        weights = weights.to(dtype)
-        f64 = torch.float64
-        base = vectors.detach()
-
-        # The invariant priors are the same for every rotated copy: evaluated once, on the
-        # unrotated vectors, and weighted by Σ_k w_k (1 for a whole grid; a group of a
-        # grid's rotations, see the evaluator's workers, carries its share).
-        w_total = weights.sum()
-        prior_leaf = base.clone().requires_grad_(compute_gradients)
-        prior_eps = self.prior_energies(species, centers, neighbors, prior_leaf)
-        prior_grad = torch.zeros(n_edges, 3, dtype=dtype, device=device)
-        if compute_gradients and (self.use_pair or self.use_three_body):
-            g_prior = torch.autograd.grad([prior_eps.sum()], [prior_leaf])[0]
-            assert g_prior is not None
-            prior_grad = g_prior
-        prior_eps = prior_eps.detach()
-        prior_forces = atom_forces(prior_grad, centers, neighbors, n_atoms)
-
-        energy_rot = torch.zeros(n_structures, n_rot, dtype=f64, device=device)
-        baseline = self.baseline_energies(species)
-        atomic = baseline + w_total.to(f64) * prior_eps.to(f64)
-        grad = w_total * prior_grad
-        forces = torch.zeros(n_atoms, 3, dtype=dtype, device=device)
-        forces_sq = torch.zeros(n_atoms, dtype=f64, device=device)  # a difference of squares
-        for start in range(0, n_rot, chunk):
-            stop = min(start + chunk, n_rot)
-            rot = rotations[start:stop]
-            w = weights[start:stop]
-            k = stop - start
-            # Rotated copies are the autograd leaf: one backward pass gives every
-            # rotation's own gradient (each E_k depends on its copy only).
-            rotated = torch.einsum("kab,eb->kea", rot, base).contiguous()
-            if compute_gradients:
-                rotated.requires_grad_(True)
-            offsets_atoms = (torch.arange(k, device=device) * n_atoms)[:, None]
-            offsets_edges = (torch.arange(k, device=device) * n_edges)[:, None]
-            eps = self.learned_energies(
-                species.repeat(k),
-                (centers[None, :] + offsets_atoms).reshape(-1),
-                (neighbors[None, :] + offsets_atoms).reshape(-1),
-                rotated.reshape(k * n_edges, 3),
-                (reverse[None, :] + offsets_edges).reshape(-1),
-            ).view(k, n_atoms)
-            e_k = torch.zeros(k, n_structures, dtype=dtype, device=device)
-            e_k = e_k.index_add(1, structure, eps)
-            # detached: storing the graph-carrying e_k would keep every chunk's graph alive
-            energy_rot[:, start:stop] = e_k.detach().t().to(f64)
-            atomic = atomic + (w[:, None] * eps).sum(0).detach().to(f64)
-            if compute_gradients:
-                total = (w[:, None] * e_k).sum()
-                g = torch.autograd.grad([total], [rotated])[0]
-                assert g is not None
-                # Back-rotate: ∂E_k/∂r = R_kᵀ ∂E_k/∂(R_k r); g carries the weight w_k.
-                g_back = torch.einsum("kab,kea->keb", rot, g)
-                grad = grad + g_back.sum(0)
-                # Per-rotation forces on atoms, for the spread diagnostic.
-                f_k = torch.zeros(k, n_atoms, 3, dtype=dtype, device=device)
-                f_k = f_k.index_add(1, centers, g_back).index_add(1, neighbors, -g_back)
-                f_k = f_k + w[:, None, None] * prior_forces  # the whole model's w_k F_k
-                forces = forces + f_k.sum(0)
-                safe_w = torch.where(w > 0, w, torch.ones_like(w))
-                forces_sq = forces_sq + ((f_k.to(f64) ** 2).sum(2) / safe_w.to(f64)[:, None]).sum(0)
-        structure_baseline = torch.zeros(n_structures, dtype=f64, device=device)
-        structure_baseline = structure_baseline.index_add(0, structure, baseline)
-        structure_prior = torch.zeros(n_structures, dtype=f64, device=device)
-        structure_prior = structure_prior.index_add(0, structure, prior_eps.to(f64))
-        energy_rot = energy_rot + (structure_baseline + structure_prior)[:, None]
-        energy = (energy_rot * weights.to(f64)[None, :]).sum(1)
-        out: dict[str, Tensor] = {
-            "energy": energy.detach(),
-            "energy_per_rotation": energy_rot.detach(),
-            "atomic_energies": atomic,
-        }
-        if compute_gradients:
-            virial = torch.zeros(n_structures, 3, 3, dtype=dtype, device=device)
-            virial = virial.index_add(0, structure[centers], -(base[:, :, None] * grad[:, None, :]))
-            out["edge_gradients"] = grad
-            out["forces"] = forces
-            out["forces_rot_sq"] = forces_sq
-            out["virial"] = virial
-        return out
 
 
 def count_parameters(model: nn.Module) -> int:

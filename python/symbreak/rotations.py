@@ -35,9 +35,19 @@ from __future__ import annotations
 import functools
 import itertools
 import re
+import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .policy import (
+    LEBEDEV_ORDERS,
+    MAX_ROTATIONS,
+    format_policy,
+    parse_policy,
+    valid_forms,
+)
+from .policy import random_rotations as _policy_random_rotations
 
 __all__ = [
     "LEBEDEV_ORDERS",
@@ -49,17 +59,8 @@ __all__ = [
     "random_rotations",
 ]
 
-#: Lebedev orders (algebraic degrees) available: 1 (the identity, as in i-PI) plus scipy's rules.
-#: i-PI 3.3's own table stops at 101; 107-131 exist only here.
-LEBEDEV_ORDERS: tuple[int, ...] = (1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 35)
-LEBEDEV_ORDERS += (41, 47, 53, 59, 65, 71, 77, 83, 89, 95, 101, 107, 113, 119, 125, 131)
-
-_VALID_FORMS = (
-    "valid forms: 'none', 'random', 'legendre:L' (L >= 1), 'lebedev:L' "
-    f"(L in {', '.join(map(str, LEBEDEV_ORDERS))}); "
-    "options appended with '+' or ',': 'inv' (also 'i', 'inversion') and 'seed=N', "
-    "e.g. 'legendre:2+inv', 'lebedev:5,inversion', 'random+inv+seed=7'"
-)
+_NO_BOUND = "+max=999999999999999999"  # grid() builds any grid; policies are bounded
+_VALID_FORMS = valid_forms()
 
 
 def euler_zxz(alpha: np.ndarray, beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
@@ -83,21 +84,10 @@ def euler_zxz(alpha: np.ndarray, beta: np.ndarray, gamma: np.ndarray) -> np.ndar
 
 def _parse_grid_spec(spec: str) -> tuple[str, int]:
     """'legendre:2' -> ('legendre', 2); 'none' -> ('none', 1); raises ValueError otherwise."""
-    text = spec.strip().lower().replace(" ", "")
-    m = re.fullmatch(r"(none|random|legendre|lebedev)(?::(-?\d+))?", text)
-    if m is None:
-        raise ValueError(f"unknown rotation spec {spec!r}; {_VALID_FORMS}")
-    family, order = m.group(1), m.group(2)
-    if family in ("none", "random"):
-        if order is not None:
-            raise ValueError(f"rotation spec {spec!r}: '{family}' takes no order; {_VALID_FORMS}")
-        return family, 1
-    if order is None:
-        raise ValueError(f"rotation spec {spec!r}: '{family}' needs an order; {_VALID_FORMS}")
-    L = int(order)
-    if L < 1 or (family == "lebedev" and L not in LEBEDEV_ORDERS):
-        raise ValueError(f"rotation spec {spec!r}: no {family} grid of order {L}; {_VALID_FORMS}")
-    return family, L
+    if re.search(r"[+,]", str(spec)):
+        raise ValueError(f"rotation spec {spec!r}: options are not part of a grid spec; {_VALID_FORMS}")
+    family, order, _, _, _ = parse_policy(str(spec) + _NO_BOUND)
+    return family, order
 
 
 def _lebedev_axes(L: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -256,17 +246,20 @@ class AveragingPolicy:
     """Which rotations a model is averaged over: plain, random, or a quadrature grid.
 
     ``spec``: ``"none" | "random" | "legendre:L" | "lebedev:L"``; ``inversion``: also use ``-R``
-    (O(3) instead of SO(3)); ``seed``: seeds the policy's own generator for ``"random"``.
-    Text form (``parse`` / ``str``): ``spec`` followed by options joined with ``+`` or ``,``:
-    ``inv`` (or ``i``, ``inversion``) and ``seed=N``, case- and space-insensitive, e.g.
-    ``"lebedev:5+inv"``, ``"legendre:2,inversion"``, ``"random+seed=3"``. ``str`` gives the
-    canonical ``spec[+inv][+seed=N]``, and ``parse(str(p)) == p``.
+    (O(3) instead of SO(3)); ``seed``: the seed of ``"random"`` (None: one drawn from the OS
+    when the policy is made); ``max_rotations``: the bound on rotations per call
+    (:data:`~symbreak.policy.MAX_ROTATIONS` unless raised on purpose). The text form is the
+    one grammar of :mod:`symbreak.policy` (``parse`` / ``str``, ``parse(str(p)) == p``), e.g.
+    ``"lebedev:5+inv"``, ``"random+seed=3"``. Invalid values raise ValueError when the policy
+    is made, never at a later evaluation.
     """
 
     spec: str = "none"
     inversion: bool = False
     seed: int | None = None
-    _rng: list = field(default_factory=list, init=False, repr=False, compare=False)
+    max_rotations: int = MAX_ROTATIONS
+    # Mutable state of a random policy: [seed actually used, calls drawn so far].
+    _state: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, str) or re.search(r"[+,]", self.spec):
@@ -274,33 +267,47 @@ class AveragingPolicy:
                 f"AveragingPolicy.spec must be a bare spec, got {self.spec!r} "
                 f"(use AveragingPolicy.parse for options); {_VALID_FORMS}"
             )
-        family, L = _parse_grid_spec(self.spec)
-        canonical = family if family in ("none", "random") else f"{family}:{L}"
+        if self.seed is not None and (
+            not isinstance(self.seed, int | np.integer) or not 0 <= self.seed < 10**18
+        ):
+            raise ValueError(f"the seed must be an integer in [0, 10^18), not {self.seed!r}")
+        if not isinstance(self.max_rotations, int | np.integer) or self.max_rotations < 1:
+            raise ValueError(f"max_rotations must be an integer >= 1, not {self.max_rotations!r}")
+        inv = "+inv" if self.inversion else ""
+        text = f"{self.spec}{inv}+max={int(self.max_rotations)}"
+        family, order, _, _, _ = parse_policy(text)  # validates, bound included
+        canonical = family if family in ("none", "random") else f"{family}:{order}"
         object.__setattr__(self, "spec", canonical)
         object.__setattr__(self, "inversion", bool(self.inversion))
+        object.__setattr__(self, "max_rotations", int(self.max_rotations))
         if self.seed is not None:
             object.__setattr__(self, "seed", int(self.seed))
 
     @classmethod
     def parse(cls, text: str) -> AveragingPolicy:
-        """Policy from its text form (see the class docstring); ``ValueError`` on bad input."""
-        parts = re.split(r"[+,]", str(text).strip().lower().replace(" ", ""))
-        inversion, seed = False, None
-        for opt in parts[1:]:
-            if opt in ("i", "inv", "inversion"):
-                inversion = True
-            elif (m := re.fullmatch(r"seed=(-?\d+)", opt)) is not None:
-                seed = int(m.group(1))
-            else:
-                raise ValueError(f"bad option {opt!r} in rotation spec {text!r}; {_VALID_FORMS}")
-        try:
-            return cls(parts[0], inversion, seed)
-        except ValueError as err:
-            raise ValueError(f"bad rotation spec {text!r}: {err}") from None
+        """Policy from its text form (:mod:`symbreak.policy`); ``ValueError`` on bad input."""
+        family, order, inversion, seed, max_rotations = parse_policy(str(text))
+        spec = family if family in ("none", "random") else f"{family}:{order}"
+        return cls(spec, inversion, None if seed < 0 else seed, max_rotations)
+
+    def with_options(self, inversion: bool | None = None, seed: int | None = None) -> AveragingPolicy:
+        """This policy with ``inversion`` and/or ``seed`` replaced; None keeps the current
+        value. The one meaning of these options in every front end: ``inversion=False``
+        removes the inversion, ``True`` adds it."""
+        if inversion is None and seed is None:
+            return self
+        return AveragingPolicy(
+            self.spec,
+            self.inversion if inversion is None else bool(inversion),
+            self.seed if seed is None else seed,
+            self.max_rotations,
+        )
 
     def __str__(self) -> str:
-        out = self.spec + ("+inv" if self.inversion else "")
-        return out + (f"+seed={self.seed}" if self.seed is not None else "")
+        order = int(self.spec.split(":")[1]) if ":" in self.spec else 1
+        family = self.spec.split(":")[0]
+        seed = -1 if self.seed is None else self.seed
+        return format_policy(family, order, self.inversion, seed, self.max_rotations)
 
     @property
     def is_random(self) -> bool:
@@ -319,21 +326,30 @@ class AveragingPolicy:
         """See ``exactness_degree``; None for ``"random"``."""
         return None if self.is_random else exactness_degree(self.spec, self.inversion)
 
-    def rotations(self, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(R [K, 3, 3], w [K])`` float64 for one evaluation.
+    def draw(self) -> tuple[str, int]:
+        """The text and call counter a model file needs for the next evaluation
+        (``module.policy_rotations(text, counter)``), advancing a random policy's counter.
+        An unseeded random policy gets a seed drawn from the OS once."""
+        if not self.is_random:
+            return str(self), 0
+        if not self._state:
+            seed = secrets.randbelow(10**18) if self.seed is None else self.seed
+            self._state.extend([seed, 0])
+        seed, counter = self._state
+        self._state[1] += 1
+        text = format_policy("random", 1, self.inversion, seed, self.max_rotations)
+        return text, counter
 
-        Grids: the cached deterministic grid (fresh copies; ``rng`` unused). ``"random"``: a new
-        O(3) rotation (improper half of the time; with ``inversion``, ``[R, -R]`` with weights
-        1/2 each, as i-PI's ``random=True`` at ``grid_order=1``) drawn from ``rng`` or, if None,
-        from the policy's own generator seeded with ``seed``.
+    def rotations(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(R [K, 3, 3], w [K])`` float64 for one evaluation (numpy reference).
+
+        Grids: the cached deterministic grid (fresh copies). ``"random"``: the next rotation
+        of the policy's stream (:func:`symbreak.policy.random_rotations`; with ``inversion``
+        the pair ``[R, -R]``, weights 1/2), the same stream a model file draws.
         """
         if not self.is_random:
             return grid(self.spec, self.inversion)
-        if rng is None:
-            if not self._rng:
-                self._rng.append(np.random.default_rng(self.seed))
-            rng = self._rng[0]
-        R = random_rotation(rng)[None]
-        if self.inversion:
-            R = np.concatenate([R, -R])
-        return R, np.full(len(R), 1.0 / len(R))
+        text, counter = self.draw()
+        _, _, _, seed, _ = parse_policy(text)
+        rot, w = _policy_random_rotations(seed, counter, self.inversion)
+        return rot.numpy(), w.numpy()

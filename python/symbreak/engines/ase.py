@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from .evaluator import Evaluator, Structure
-from .export import LoadedModel
-from .rotations import AveragingPolicy
+from ..evaluator import Evaluator, Structure
+from ..export import LoadedModel
+from ..rotations import AveragingPolicy
 
 __all__ = ["SymbreakCalculator", "make_policy"]
 
@@ -38,19 +38,14 @@ _DIAGNOSTICS = (
 
 
 def make_policy(
-    average: str | AveragingPolicy = "none", inversion: bool = False, seed: int | None = None
+    average: str | AveragingPolicy = "none", inversion: bool | None = None, seed: int | None = None
 ) -> AveragingPolicy:
     """Averaging policy from a spec (``"none"``, ``"random"``, ``"legendre:2"``,
-    ``"lebedev:5+inv"``, ... or an :class:`AveragingPolicy`). ``inversion=True`` adds the
-    inversion (``False`` keeps what the spec says); ``seed`` replaces the spec's seed."""
+    ``"lebedev:5+inv"``, ... or an :class:`AveragingPolicy`). ``inversion`` and ``seed``
+    replace what the spec says when given (None keeps it), as everywhere in symbreak
+    (:meth:`AveragingPolicy.with_options`)."""
     policy = average if isinstance(average, AveragingPolicy) else AveragingPolicy.parse(average)
-    if inversion or seed is not None:
-        policy = AveragingPolicy(
-            policy.spec,
-            policy.inversion or bool(inversion),
-            policy.seed if seed is None else int(seed),
-        )
-    return policy
+    return policy.with_options(inversion, seed)
 
 
 class SymbreakCalculator(Calculator):
@@ -72,7 +67,7 @@ class SymbreakCalculator(Calculator):
         self,
         model: str | Path | LoadedModel | Evaluator = "water-revpbe0d3",
         average: str | AveragingPolicy = "none",
-        inversion: bool = False,
+        inversion: bool | None = None,
         seed: int | None = None,
         rotation_batch: int | None = None,
         dtype: torch.dtype | None = None,
@@ -80,6 +75,7 @@ class SymbreakCalculator(Calculator):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.policy = make_policy(average, inversion, seed)  # bad policies fail here, first
         if isinstance(model, Evaluator):
             if dtype is not None and dtype != model.dtype:
                 raise ValueError(f"dtype {dtype} differs from the shared Evaluator's {model.dtype}")
@@ -97,10 +93,9 @@ class SymbreakCalculator(Calculator):
             self.evaluator = Evaluator(
                 model, rotation_batch=rotation_batch, dtype=dtype, workers=workers
             )
-        self.policy = make_policy(average, inversion, seed)
 
     def set_average(
-        self, average: str | AveragingPolicy, inversion: bool = False, seed: int | None = None
+        self, average: str | AveragingPolicy, inversion: bool | None = None, seed: int | None = None
     ) -> AveragingPolicy:
         """Change the averaging policy (same model); clears the results so that the next
         ``get_*`` recomputes. Returns the new policy."""

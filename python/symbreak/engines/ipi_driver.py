@@ -104,10 +104,15 @@ class SymbreakDriver:
             raise ValueError(f"unknown policy option(s): {', '.join(unknown)}")
         current = self.evaluator.policy
         policy = AveragingPolicy.parse(average) if average is not None else current
-        if inversion is not None:
-            policy = AveragingPolicy(policy.spec, parse_bool(inversion), policy.seed)
-        if seed is not None and str(seed) != "":
-            policy = AveragingPolicy(policy.spec, policy.inversion, int(seed))
+        if seed is not None and str(seed).strip() != "":
+            try:
+                seed = int(str(seed).strip())
+            except ValueError:
+                raise ValueError(f"seed must be an integer >= 0, not {seed!r}") from None
+        else:
+            seed = None
+        inversion = None if inversion is None else parse_bool(inversion)
+        policy = policy.with_options(inversion, seed)
         with self._lock:
             self.evaluator.set_policy(policy)
             self.policy_since_call = self.calls + 1  # applies from the next call
