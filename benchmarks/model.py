@@ -55,10 +55,9 @@ def model_flops(loaded, graph) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from symbreak.model import PET, PETConfig
+    from symbreak.export import rebuild_pet
 
-    eager = PET(PETConfig(**loaded.metadata.config))
-    eager.load_state_dict(loaded.module.state_dict())
+    eager = rebuild_pet(loaded.path, loaded.module, loaded.metadata)  # the file's PET, eager
     vectors = torch.from_numpy(graph.vectors).float().requires_grad_(True)
     args = [torch.from_numpy(getattr(graph, k)).long() for k in ("species", "centers", "neighbors")]
     reverse = torch.from_numpy(graph.reverse).long()

@@ -21,6 +21,7 @@ from helpers import export_tiny, small_water, strain_derivative, tiny_pet
 from symbreak.evaluator import Evaluator, Structure
 from symbreak.export import load_model
 from symbreak.graph import build_graph
+from symbreak.policy import random_rotations as policy_stream
 from symbreak.rotations import AveragingPolicy, grid, random_rotations
 
 
@@ -347,11 +348,13 @@ def test_parallel_workers_leave_the_callers_thread_settings_alone(loaded64):
 
         def __init__(self, module):
             self.module, self.seen = module, []
-            self.baseline_energies = module.baseline_energies
+            self.edge_budget = module.edge_budget
+            self.policy_rotations = module.policy_rotations
+            self.merge, self.finalize = module.merge, module.finalize
 
-        def compute(self, *args):
+        def accumulate(self, *args):
             self.seen.append((threading.get_ident(), torch.get_num_threads()))
-            return self.module.compute(*args)
+            return self.module.accumulate(*args)
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -423,18 +426,16 @@ def test_random_policy_is_seeded_and_draws_a_new_rotation_per_call(ev64):
     assert energies != [r.energy for r in other]
     for res in first:
         assert res.diagnostics["n_rotations"] == 1 and res.diagnostics["energy_rot_std"] == 0.0
-    # The rotations are the documented stream: one random_rotations(rng, 1) per call.
-    rng = np.random.default_rng(3)
-    for res in first:
-        Rk = random_rotations(rng, 1)[0]
+    # The rotations are the documented stream: call n is policy.random_rotations(3, n).
+    for n, res in enumerate(first):
+        Rk = policy_stream(3, n, False)[0][0].numpy()
         ref = run(ev64, transformed(atoms, Rk), "none")
         assert res.energy == pytest.approx(ref.energy, rel=1e-12)
         np.testing.assert_allclose(res.forces, ref.forces @ Rk, atol=1e-10)
     # With inversion: the pair (R, -R) per call, weights 1/2.
     pair = sequence("random+inv+seed=3", 2)
     assert [r.diagnostics["n_rotations"] for r in pair] == [2, 2]
-    rng = np.random.default_rng(3)
-    Rk = random_rotations(rng, 1)[0]
+    Rk = policy_stream(3, 0, True)[0][0].numpy()
     expected = 0.5 * sum(energy(ev64, transformed(atoms, s * Rk), "none") for s in (1, -1))
     assert pair[0].energy == pytest.approx(expected, rel=1e-12)
 

@@ -79,26 +79,34 @@ def test_torque_diagnostic_is_net_torque_of_forces(ev64):
     assert np.linalg.norm(torque) > 1e-6  # a non-equivariant model does exert a torque
 
 
-def test_torchscript_matches_eager():
-    model, cfg = tiny_pet(seed=2)
-    model = model.double()
-    scripted = torch.jit.script(model)
-    atoms = small_water(8, seed=5)
+def contract_inputs(atoms, cfg) -> list:
+    """The graph inputs of the contract's ``compute``/``accumulate`` for one structure."""
     g = build_graph(atoms.numbers, atoms.positions, atoms.cell.array, True, cfg.cutoff, cfg.species)
-    args = [
-        torch.from_numpy(g.species),
+    return [
+        torch.from_numpy(atoms.numbers.astype(np.int64)),
+        torch.from_numpy(atoms.positions),
+        torch.from_numpy(atoms.cell.array)[None],
+        torch.zeros(len(atoms), dtype=torch.long),
         torch.from_numpy(g.centers),
         torch.from_numpy(g.neighbors),
-        torch.from_numpy(g.vectors),
+        torch.from_numpy(g.shifts),
         torch.from_numpy(g.reverse),
-        torch.zeros(len(atoms), dtype=torch.long),
-        1,
-        torch.eye(3, dtype=torch.float64)[None],
-        torch.ones(1, dtype=torch.float64),
+        torch.ones(len(atoms), dtype=torch.bool),
     ]
-    a, b = model.compute(*args), scripted.compute(*args)
-    for key in ("energy", "forces", "virial", "atomic_energies"):
-        torch.testing.assert_close(a[key], b[key], rtol=1e-12, atol=1e-12)
+
+
+def test_torchscript_matches_eager():
+    from symbreak.contract import AveragedModel
+
+    model, cfg = tiny_pet(seed=2)
+    eager = AveragedModel(model.double())
+    scripted = torch.jit.script(eager)
+    args = contract_inputs(small_water(8, seed=5, triclinic=True), cfg)
+    for policy in ("none", "lebedev:3+inv", "random+seed=4"):
+        a, b = eager.compute(*args, policy, 2), scripted.compute(*args, policy, 2)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-12, atol=1e-12, msg=key)
 
 
 def test_model_is_not_rotation_invariant(ev64):
@@ -140,10 +148,9 @@ def test_export_metadata_and_errors(model_file, tmp_path):
     assert meta.receptive_field == pytest.approx(meta.cutoff * meta.config["n_mp_layers"])
     assert meta.torch_version == torch.__version__.split("+")[0]
     assert meta.units == {"length": "angstrom", "energy": "eV"}
-    # What the engines call: Python's evaluator compute, the LAMMPS plugin the energies.
-    for method in ("compute", "atomic_energies", "baseline_energies"):
-        assert loaded.module._c._has_method(method), method
-    for method in ("learned_energies", "prior_energies"):  # the plugin's priors-once path
+    assert meta.contract == 2 and loaded.module.contract_version == 2
+    # What the engines call: the contract's entry points.
+    for method in ("compute", "accumulate", "merge", "finalize", "policy_rotations"):
         assert loaded.module._c._has_method(method), method
 
     with pytest.raises(FileNotFoundError, match="no-such-model"):
@@ -171,10 +178,11 @@ def test_unknown_species_is_named(ev64):
 
 @pytest.mark.parametrize("share", [slice(None), slice(3, 11)])
 def test_compute_evaluates_the_priors_once_as_if_per_rotation(share):
-    """``compute`` evaluates the invariant priors once; everything it returns must equal
+    """``accumulate`` evaluates the invariant priors once; everything it returns must equal
     the K-copy evaluation of the whole model (``atomic_energies`` of each rotated copy,
     autograd per copy), also for a subset of a grid whose weights do not sum to 1 (the
     evaluator's parallel workers each take such a group)."""
+    from symbreak.contract import AveragedModel
     from symbreak.rotations import AveragingPolicy
 
     model, cfg = tiny_pet(seed=3)
@@ -189,10 +197,7 @@ def test_compute_evaluates_the_priors_once_as_if_per_rotation(share):
     rotations, weights = AveragingPolicy.parse("lebedev:3+inv").rotations()
     rotations = torch.from_numpy(rotations[share])
     weights = torch.from_numpy(weights[share])
-    out = model.compute(
-        species, centers, neighbors, base, reverse,
-        torch.zeros(len(atoms), dtype=torch.long), 1, rotations, weights,
-    )  # fmt: skip
+    out = AveragedModel(model).accumulate(*contract_inputs(atoms, cfg), rotations, weights, True, 0)
 
     e_k, eps_sum, f_k = [], torch.zeros(len(atoms), dtype=torch.float64), []
     grad_sum = torch.zeros_like(base)
@@ -210,13 +215,13 @@ def test_compute_evaluates_the_priors_once_as_if_per_rotation(share):
     e_k, f_k = np.array(e_k), torch.stack(f_k).numpy()
     w = weights.numpy()
     np.testing.assert_allclose(out["energy_per_rotation"][0].numpy(), e_k, rtol=1e-13)
-    assert float(out["energy"][0]) == pytest.approx(w @ e_k, rel=1e-13)
-    atomic = eps_sum + model.baseline_energies(species)
-    np.testing.assert_allclose(out["atomic_energies"].numpy(), atomic.numpy(), atol=1e-11)
+    np.testing.assert_array_equal(out["weights"].numpy(), w)
+    # accumulate leaves the baseline out of the atomic sums (finalize adds it once)
+    np.testing.assert_allclose(out["atomic_energies"].numpy(), eps_sum.numpy(), atol=1e-11)
     np.testing.assert_allclose(out["forces"].numpy(), np.einsum("k,kia->ia", w, f_k), atol=1e-11)
     np.testing.assert_allclose(out["edge_gradients"].numpy(), grad_sum.numpy(), atol=1e-11)
     sq = np.einsum("k,ki->i", w, (f_k**2).sum(2))
-    np.testing.assert_allclose(out["forces_rot_sq"].numpy(), sq, rtol=1e-11)
+    np.testing.assert_allclose(out["forces_sq"].numpy(), sq, rtol=1e-11)
     # The check has teeth: the learned part's forces differ between the rotations.
     assert np.abs(f_k - f_k.mean(0)).max() > 1e-3
 

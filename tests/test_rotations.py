@@ -202,7 +202,7 @@ def test_grids_are_cached_but_returned_as_copies() -> None:
     assert np.all(w2 > 0) and R2.flags.writeable
     p = AveragingPolicy.parse("lebedev:5")
     Ra, _ = p.rotations()
-    Rb, _ = p.rotations(np.random.default_rng(0))
+    Rb, _ = p.rotations()
     np.testing.assert_array_equal(Ra, Rb)
     np.testing.assert_array_equal(Ra, R2)
 
@@ -239,6 +239,8 @@ def test_random_rotations_distribution() -> None:
 
 
 def test_random_policy() -> None:
+    from symbreak.policy import random_rotations as stream
+
     p = AveragingPolicy.parse("random+seed=3")
     q = AveragingPolicy.parse("random,seed=3")
     assert p == q and p.n_rotations == 1 and p.is_random and p.exactness_degree is None
@@ -247,14 +249,18 @@ def test_random_policy() -> None:
     for a, b in zip(seq_p, seq_q, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.allclose(seq_p[0], seq_p[1])  # fresh draw each call
-    R, w = p.rotations(np.random.default_rng(5))
-    assert R.shape == (1, 3, 3) and w.tolist() == [1.0]
-    np.testing.assert_array_equal(R[0], random_rotation(np.random.default_rng(5)))
+    # The documented stream: call n of seed s is policy.random_rotations(s, n).
+    for n, R in enumerate(seq_p):
+        np.testing.assert_array_equal(R, stream(3, n, False)[0].numpy())
+    assert p.draw() == ("random+seed=3", 3)
     pi = AveragingPolicy("random", inversion=True)
-    R, w = pi.rotations(np.random.default_rng(5))
+    R, w = pi.rotations()
     assert pi.n_rotations == 2 and R.shape == (2, 3, 3)
     np.testing.assert_array_equal(R[1], -R[0])
     np.testing.assert_allclose(w, [0.5, 0.5])
+    # An unseeded policy draws its seed once, then follows that seed's stream.
+    text, counter = AveragingPolicy("random").draw()
+    assert counter == 0 and text.startswith("random+seed=")
 
 
 @pytest.mark.parametrize(

@@ -110,10 +110,15 @@ class Evaluator:
         workers: int | None = None,
     ):
         if workers is not None and (not isinstance(workers, int) or workers < 1):
-            raise ValueError(f"workers must be an integer >= 1 or None (automatic), not {workers!r}")
-        if rotation_batch is not None and (not isinstance(rotation_batch, int) or rotation_batch < 1):
             raise ValueError(
-                f"rotation_batch must be an integer >= 1 or None (automatic), not {rotation_batch!r}"
+                f"workers must be an integer >= 1 or None (automatic), not {workers!r}"
+            )
+        if rotation_batch is not None and (
+            not isinstance(rotation_batch, int) or rotation_batch < 1
+        ):
+            raise ValueError(
+                "rotation_batch must be an integer >= 1 or None (automatic), "
+                f"not {rotation_batch!r}"
             )
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.module = self.model.module

@@ -53,6 +53,7 @@ class LoadedModel:
     path: Path
     upgraded: bool = False
 
+
 #: The methods of the contract that engines call.
 ENTRY_POINTS = ("compute", "accumulate", "merge", "finalize", "policy_rotations", "parse_policy")
 
@@ -124,7 +125,7 @@ def _inner_state(module: torch.jit.ScriptModule) -> dict:
     return dict(state)
 
 
-def _rebuild(path: Path, module: torch.jit.ScriptModule, meta: ModelMetadata) -> PET:
+def rebuild_pet(path: Path, module: torch.jit.ScriptModule, meta: ModelMetadata) -> PET:
     """A PET with the weights of ``module``, built from the file's own config."""
     try:
         model = PET(PETConfig(**meta.config))
@@ -184,7 +185,7 @@ def load_model(name_or_path: str | Path) -> LoadedModel:
         )
     upgraded = False
     if meta.contract < CONTRACT_VERSION and not hasattr(module, "contract_version"):
-        module = script_model(_rebuild(path, module, meta))
+        module = script_model(rebuild_pet(path, module, meta))
         meta.contract = CONTRACT_VERSION
         upgraded = True
     check_module(path, module, meta)
@@ -203,7 +204,7 @@ def reexport_model(name_or_path: str | Path, output: str | Path) -> ModelMetadat
     up to date. ``output`` may be the source itself."""
     path = resolve_model_path(name_or_path)
     module, meta = _read(path)
-    model = _rebuild(path, module, meta)
+    model = rebuild_pet(path, module, meta)
     output = Path(output)
     tmp = output.with_name(output.name + ".tmp")
     meta = export_model(model, tmp, meta.config, meta.training)

@@ -62,8 +62,6 @@ LEBEDEV_ORDERS: tuple[int, ...] = tuple(lebedev_table()[0])
 VALID_FORMS = valid_forms()
 
 
-
-
 def grid_size(family: str, order: int) -> int:
     """Rotations of a grid without inversion (none, random: 1)."""
     if family == "legendre":
@@ -98,14 +96,21 @@ def parse_policy(text: str) -> tuple[str, int, bool, int, int]:
         has_order = True
         if order < 1:
             raise ValueError(
-                "averaging policy '" + text + "': the order must be an integer >= 1; " + valid_forms()
+                "averaging policy '"
+                + text
+                + "': the order must be an integer >= 1; "
+                + valid_forms()
             )
     if family not in ["none", "random", "legendre", "lebedev"]:
         raise ValueError("unknown averaging policy '" + text + "'; " + valid_forms())
     if family in ["none", "random"] and has_order:
-        raise ValueError("averaging policy '" + text + "': '" + family + "' takes no order")
+        raise ValueError(
+            "averaging policy '" + text + "': '" + family + "' takes no order; " + valid_forms()
+        )
     if family in ["legendre", "lebedev"] and not has_order:
-        raise ValueError("averaging policy '" + text + "': '" + family + "' needs an order L")
+        raise ValueError(
+            "averaging policy '" + text + "': '" + family + "' needs an order L; " + valid_forms()
+        )
     if family == "lebedev" and order not in lebedev_table()[0]:
         raise ValueError(
             "averaging policy '" + text + "': no Lebedev rule of order " + str(order) + "; "
@@ -122,14 +127,14 @@ def parse_policy(text: str) -> tuple[str, int, bool, int, int]:
             if seed < 0:
                 raise ValueError(
                     "averaging policy '" + text + "': the seed must be an integer in "
-                    "[0, 10^18), not '" + option[5:] + "'"
+                    "[0, 10^18), not '" + option[5:] + "'; " + valid_forms()
                 )
         elif option.startswith("max="):
             max_rotations = _count(option[4:])
             if max_rotations < 1:
                 raise ValueError(
                     "averaging policy '" + text + "': max must be an integer >= 1, not '"
-                    + option[4:] + "'"
+                    + option[4:] + "'; " + valid_forms()
                 )  # fmt: skip
         else:
             raise ValueError(

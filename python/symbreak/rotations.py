@@ -85,8 +85,13 @@ def euler_zxz(alpha: np.ndarray, beta: np.ndarray, gamma: np.ndarray) -> np.ndar
 def _parse_grid_spec(spec: str) -> tuple[str, int]:
     """'legendre:2' -> ('legendre', 2); 'none' -> ('none', 1); raises ValueError otherwise."""
     if re.search(r"[+,]", str(spec)):
-        raise ValueError(f"rotation spec {spec!r}: options are not part of a grid spec; {_VALID_FORMS}")
-    family, order, _, _, _ = parse_policy(str(spec) + _NO_BOUND)
+        raise ValueError(
+            f"rotation spec {spec!r}: options are not part of a grid spec; {_VALID_FORMS}"
+        )
+    try:
+        family, order, _, _, _ = parse_policy(str(spec) + _NO_BOUND)
+    except ValueError as err:
+        raise ValueError(str(err).replace(str(spec) + _NO_BOUND, str(spec))) from None
     return family, order
 
 
@@ -290,7 +295,9 @@ class AveragingPolicy:
         spec = family if family in ("none", "random") else f"{family}:{order}"
         return cls(spec, inversion, None if seed < 0 else seed, max_rotations)
 
-    def with_options(self, inversion: bool | None = None, seed: int | None = None) -> AveragingPolicy:
+    def with_options(
+        self, inversion: bool | None = None, seed: int | None = None
+    ) -> AveragingPolicy:
         """This policy with ``inversion`` and/or ``seed`` replaced; None keeps the current
         value. The one meaning of these options in every front end: ``inversion=False``
         removes the inversion, ``True`` adds it."""
