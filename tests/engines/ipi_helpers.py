@@ -7,6 +7,8 @@
 - :class:`SlowDriver`: a driver whose compute announces itself and then sleeps (signals
   in the middle of a long model call).
 - :class:`FakeServer`: a scripted i-PI stand-in on a unix socket (the test plays the server).
+- :func:`control_server`: a live ControlServer with a :class:`ControlDriver`, and a thread
+  that plays the force requests; :func:`ask` sends it one request line.
 - :func:`run_ipi`: context manager that runs ``i-pi`` on an XML string in a directory,
   with a hard time limit and cleanup of the process and its unix socket files.
 - :func:`client_process`: context manager that runs an :class:`IPIClient` with one of the
@@ -30,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
@@ -266,6 +269,70 @@ class FakeServer:
                 s.close()
         if os.path.exists(self.path):
             os.unlink(self.path)
+
+
+# ======================================================================================
+# Control channel
+# ======================================================================================
+class ControlDriver:
+    """set_policy/get_policy only (the control channel never computes)."""
+
+    def __init__(self):
+        self.policy = {"average": "none"}
+
+    def set_policy(self, **kwargs):
+        if "average" in kwargs and not isinstance(kwargs["average"], str):
+            raise ValueError(f"bad average {kwargs['average']!r}")
+        self.policy.update(kwargs)
+        return dict(self.policy)
+
+    def get_policy(self):
+        return dict(self.policy)
+
+
+@contextlib.contextmanager
+def control_server(name: str, prefix: str, apply_every: float | None = 0.01, **kwargs):
+    """A live ControlServer; with ``apply_every``, a thread plays the client's force
+    requests (applies pending updates every ``apply_every`` s)."""
+    from symbreak.engines.control import ControlServer, PolicySlot
+
+    driver = ControlDriver()
+    slot = PolicySlot(driver)
+    slot.refresh_state(driver)
+    server = ControlServer(name, prefix, slot, **kwargs)
+    server.start()
+    stop = threading.Event()
+    applier = None
+    if apply_every is not None:
+
+        def apply() -> None:
+            while not stop.wait(apply_every):
+                slot.apply_pending(driver)
+
+        applier = threading.Thread(target=apply, daemon=True)
+        applier.start()
+    try:
+        yield server
+    finally:
+        stop.set()
+        slot.fail_pending("test over")
+        server.close()
+        if applier is not None:
+            applier.join(2)
+
+
+def ask(path: str, line: bytes, timeout: float = 5.0) -> dict:
+    """Send one request line to a control socket; the decoded reply."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(timeout)
+        c.connect(path)
+        try:
+            c.sendall(line)
+        except BrokenPipeError:  # refused at once: the reply is already there
+            pass
+        return json.loads(c.makefile("rb").readline())
 
 
 # ======================================================================================

@@ -13,67 +13,14 @@ import json
 import os
 import socket
 import stat
-import threading
 import time
 
 import pytest
+from ipi_helpers import ask, control_server
 
 from symbreak.engines import control as ctl
 
 NOBODY = 65534
-
-
-class FakeDriver:
-    """set_policy/get_policy only (the control channel never computes)."""
-
-    def __init__(self):
-        self.policy = {"average": "none"}
-
-    def set_policy(self, **kwargs):
-        if "average" in kwargs and not isinstance(kwargs["average"], str):
-            raise ValueError(f"bad average {kwargs['average']!r}")
-        self.policy.update(kwargs)
-        return dict(self.policy)
-
-    def get_policy(self):
-        return dict(self.policy)
-
-
-@contextlib.contextmanager
-def control_server(name: str, prefix: str, apply_every: float | None = 0.01, **kwargs):
-    """A live ControlServer; with ``apply_every``, a thread plays the client's force
-    requests (applies pending updates every ``apply_every`` s)."""
-    driver = FakeDriver()
-    slot = ctl.PolicySlot(driver)
-    slot.refresh_state(driver)
-    server = ctl.ControlServer(name, prefix, slot, **kwargs)
-    server.start()
-    stop = threading.Event()
-    applier = None
-    if apply_every is not None:
-
-        def apply() -> None:
-            while not stop.wait(apply_every):
-                slot.apply_pending(driver)
-
-        applier = threading.Thread(target=apply, daemon=True)
-        applier.start()
-    try:
-        yield server
-    finally:
-        stop.set()
-        slot.fail_pending("test over")
-        server.close()
-        if applier is not None:
-            applier.join(2)
-
-
-def ask(path: str, line: bytes, timeout: float = 5.0) -> dict:
-    with socket.socket(socket.AF_UNIX) as c:
-        c.settimeout(timeout)
-        c.connect(path)
-        c.sendall(line)
-        return json.loads(c.makefile("rb").readline())
 
 
 @contextlib.contextmanager
