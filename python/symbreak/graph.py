@@ -37,6 +37,13 @@ def species_indices(numbers: np.ndarray, species: Sequence[int]) -> np.ndarray:
     atom whose element the model does not know."""
     from ase.data import chemical_symbols
 
+    numbers = np.asarray(numbers)
+    if numbers.size and (numbers.min() < 1 or numbers.max() >= len(chemical_symbols)):
+        atom = int(np.flatnonzero((numbers < 1) | (numbers >= len(chemical_symbols)))[0])
+        raise ValueError(
+            f"atom {atom} has atomic number {int(numbers[atom])}, which is no element "
+            f"(1-{len(chemical_symbols) - 1})"
+        )
     lookup = np.full(max(max(species), int(np.max(numbers, initial=0))) + 1, -1, dtype=np.int64)
     lookup[np.asarray(species)] = np.arange(len(species))
     idx = lookup[np.asarray(numbers, dtype=np.int64)]
