@@ -666,7 +666,7 @@ class IPIClient:
             return False
         finally:
             self._set_timeout(previous)
-        if head != wire.GETFORCE:
+        if len(head) < wire.HDRLEN or head.rstrip(b" \x00") != b"GETFORCE":
             return False
         self._recv_into(memoryview(bytearray(wire.HDRLEN)), "GETFORCE")
         self.n_messages += 1
