@@ -230,3 +230,29 @@ def test_resume_fits_three_body_to_a_trained_model(tiny_data, tmp_path):
     without = Trainer(config(tiny_data, tmp_path), progress=False)
     with pytest.raises(ValueError, match="has a three-body prior: resume with"):
         without.load_checkpoint()  # would silently drop the fitted term
+
+
+class _Payload:
+    """Unpickling this runs code (it touches a file): what a checkpoint must not do."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoints_are_read_as_data_only(tiny_data, tmp_path):
+    """`train --resume` reads a checkpoint with weights_only: the shipped checkpoint loads,
+    one carrying a pickled object is refused by name, and its code never runs."""
+    shipped = DATA.parent / "training" / "water-revpbe0d3" / "checkpoint.pt"
+    state = torch.load(shipped, weights_only=True)
+    assert {"model", "ema", "optimizer", "epoch", "step"} <= set(state)
+    trainer = Trainer(config(tiny_data, tmp_path), progress=False)
+    marker = tmp_path / "code-ran"
+    trainer.save_checkpoint()
+    evil = torch.load(trainer.checkpoint_path(), weights_only=True) | {"x": _Payload(str(marker))}
+    torch.save(evil, trainer.checkpoint_path())
+    with pytest.raises(ValueError, match="checkpoint.pt holds more than tensors"):
+        trainer.load_checkpoint()
+    assert not marker.exists()

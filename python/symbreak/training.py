@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import math
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -403,7 +404,16 @@ class Trainer:
         tmp.replace(self.checkpoint_path())  # atomic: an interrupted save keeps the old one
 
     def load_checkpoint(self, path: Path | None = None) -> None:
-        state = torch.load(path or self.checkpoint_path(), weights_only=False)
+        path = Path(path or self.checkpoint_path())
+        try:
+            # Tensors and plain containers only: a pickled object could run code on load.
+            state = torch.load(path, weights_only=True)
+        except pickle.UnpicklingError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(
+                f"checkpoint {path} holds more than tensors and plain containers, so it is "
+                f"not loaded (unpickling it could run code): {first}"
+            ) from None
         for module, key in ((self.model, "model"), (self.ema, "ema")):
             entries = dict(state[key])
             own = module.state_dict()
@@ -411,7 +421,7 @@ class Trainer:
                 module.use_three_body
             ):
                 raise ValueError(
-                    f"checkpoint {path or self.checkpoint_path()} has a three-body prior: "
+                    f"checkpoint {path} has a three-body prior: "
                     """resume with --model-config '{"three_body": true, ...}'"""
                 )
             # A checkpoint made without the three-body prior lacks its entries (or has
@@ -424,7 +434,7 @@ class Trainer:
             unexpected = result.unexpected_keys
             if missing or unexpected:
                 raise ValueError(
-                    f"checkpoint {path or self.checkpoint_path()} does not match the model "
+                    f"checkpoint {path} does not match the model "
                     f"configuration: missing {missing}, unexpected {unexpected}"
                 )
         self.optimizer.load_state_dict(state["optimizer"])
