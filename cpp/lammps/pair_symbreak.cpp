@@ -1,30 +1,27 @@
 // pair_style symbreak: see pair_symbreak.h for the syntax.
 //
-// The model is a function of edge vectors r_ij = x_j - x_i only (symbreak/model.py), so
-// LAMMPS's explicit ghost atoms fit it directly. Two ways to give it the atoms it needs:
+// An adapter: the exported model file (symbreak.contract, contract version 2) does all the
+// physics in one entry point, `compute` (the policy's rotations, random draws included, the
+// averaging, gradients, virial, torque and spreads). The plugin builds the graph from
+// LAMMPS's neighbour list, calls `compute` once per force call, and tallies its outputs.
+//
+// Two ways to give the model the atoms it needs:
 //
 //   images (default on one MPI rank): every ghost is a periodic image of an owned atom.
 //     The model sees the owned atoms only; an edge to a ghost becomes an edge to the atom it
-//     is an image of, labelled by its lattice shift. Exact, and costs the owned atoms only.
+//     is an image of, labelled by its integer lattice shift S (r_ij = x_j - x_i + S h, h the
+//     LAMMPS cell with lattice vectors as rows). Exact, and costs the owned atoms only.
 //   ghosts (default on several ranks): the model sees owned atoms and ghosts out to its
-//     receptive field (n_layers x cutoff, plus the skin), with the ghosts' own neighbours.
-//     Atoms more than n_layers edges away from every owned atom cannot change the owned
-//     atoms' energies and are left out, as are edges between two atoms n_layers away.
-//     Forces on ghosts go home by LAMMPS's reverse communication (newton pair on).
+//     receptive field (n_layers x cutoff, plus the skin), with the ghosts' own neighbours,
+//     all shifts zero. Atoms more than n_layers edges away from every owned atom cannot
+//     change the owned atoms' energies and are left out, as are edges between two atoms
+//     n_layers away. Only the owned atoms' energies count (`selected`); forces on ghosts go
+//     home by LAMMPS's reverse communication (newton pair on).
 //
-// Averaging: E = sum_k w_k E(R_k x) over the rotations of a policy (the same sets as
-// symbreak.rotations.grid, from the table symbreak/data/rotation_grids.txt), computed as
-// symbreak's PET.compute does it: the edge vectors of K rotated copies go through the
-// model's `atomic_energies` in batches of `rotation_batch` copies, and one backward pass
-// gives the gradient, back-rotated with R_k^T. Unlike PET.compute, only the owned atoms'
-// energies are differentiated (PET.compute differentiates every atom it is given, which
-// would add the ghosts' truncated energies).
-//
-// Virial: -sum_e r_e (x) dE/dr_e over all edges of all ranks, symmetrised (the model is not
-// rotation invariant, so the tensor has an antisymmetric part, the torque; the stress is the
-// derivative with respect to symmetric strain). f.r (virial_fdotr_compute) would keep one
-// off-diagonal of the unsymmetrised tensor, so it is not used. Per-atom virial: each edge's
-// symmetrised -r (x) g, half to each end.
+// Virial: the file's (symmetric part of -sum_e r_e (x) dE/dr_e over this rank's edges; LAMMPS
+// sums the ranks). f.r (virial_fdotr_compute) would keep one off-diagonal of the
+// unsymmetrised tensor, so it is not used. Per-atom virial: each edge's symmetrised
+// -r (x) g from the file's edge gradients, half to each end.
 
 // torch first: LAMMPS headers define macros (FLERR, NEIGHMASK, ...).
 #include "pair_symbreak.h"
@@ -32,7 +29,6 @@
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <sys/stat.h>
-#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 #include <torch/version.h>
@@ -42,9 +38,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <stdexcept>
 #include <tuple>
 
@@ -64,19 +58,25 @@ using namespace LAMMPS_NS;
 
 namespace symbreak {
 
+//! Version of the model file's entry points this plugin calls (symbreak.contract).
+constexpr int kContractVersion = 2;
+//! Seed given to a `random` policy without one, so that every rank draws the same rotations.
+constexpr long long kDefaultSeed = 12345;
+//! As symbreak.evaluator.JIT_OPTIMIZE: TorchScript's optimising executor made the
+//! default-size PET slower and hungrier on CPU.
+constexpr bool kJitOptimize = false;
+
 struct Model {
   torch::jit::Module module;
   std::string path;
-  std::vector<int> species;  // atomic numbers
+  std::vector<int> species;    // atomic numbers
+  std::vector<double> masses;  // standard masses of the species (amu)
   double cutoff = 0.0;
   double receptive_field = 0.0;
+  double min_distance = 0.0;
   int n_layers = 1;
   std::string torch_version;
   torch::Dtype dtype = torch::kFloat32;
-  // The file has learned_energies + prior_energies: the invariant priors are evaluated once
-  // per call instead of once per rotation (older files: atomic_energies per rotation;
-  // `symbreak export` brings them up to date).
-  bool split_priors = false;
 };
 
 namespace {
@@ -153,12 +153,53 @@ std::string file_key(const std::string& path) {
   return key;
 }
 
+// The message of an error from the model file: for an exception raised in its TorchScript
+// code, the line "builtins.ValueError: MESSAGE" without the interpreter's traceback;
+// otherwise the first line.
+std::string script_error(const std::exception& err) {
+  std::string what = err.what();
+  what = what.substr(0, what.find("\nException raised from"));  // C++ frames of c10::Error
+  const bool traceback =
+      what.rfind("The following operation failed in the TorchScript interpreter", 0) == 0;
+  if (!traceback) return what.substr(0, what.find('\n'));
+  // the traceback ends with "builtins.ValueError: MESSAGE" or "RuntimeError: MESSAGE": the
+  // last line that starts with the name of an exception
+  std::string found;
+  size_t end = what.size();
+  while (end > 0 && found.empty()) {
+    const size_t start = what.rfind('\n', end - 1);
+    const size_t begin = start == std::string::npos ? 0 : start + 1;
+    const std::string line = what.substr(begin, end - begin);
+    const auto colon = line.find(": ");
+    const std::string kind = colon == std::string::npos ? "" : line.substr(0, colon);
+    if (!kind.empty() && kind.find(' ') == std::string::npos &&
+        (kind.size() > 5 && (kind.compare(kind.size() - 5, 5, "Error") == 0 ||
+                             kind.find("Exception") != std::string::npos))) {
+      const std::string name = kind.substr(kind.find_last_of('.') + 1);
+      found = name == "ValueError" ? line.substr(colon + 2) : name + ": " + line.substr(colon + 2);
+    }
+    if (start == std::string::npos) break;
+    end = start;
+  }
+  return found.empty() ? what.substr(what.find_last_of('\n') + 1) : found;
+}
+
+std::string join(const std::vector<int>& values) {
+  std::string out = "[";
+  for (size_t i = 0; i < values.size(); ++i) out += (i ? ", " : "") + std::to_string(values[i]);
+  return out + "]";
+}
+
 // Loaded models, kept across pair style re-creation (a new pair_style command, a `clear`):
 // switching the averaging never reloads the file. Keyed by real path, size, mtime and
 // dtype, so an edited file is reloaded. Deliberately leaked (no exit-order issues).
 std::map<std::string, std::shared_ptr<Model>>& model_cache() {
   static auto* cache = new std::map<std::string, std::shared_ptr<Model>>();
   return *cache;
+}
+
+std::string reexport_hint(const std::string& path) {
+  return "write it again with this symbreak: `symbreak export " + path + " --output NEW.pt`";
 }
 
 std::shared_ptr<Model> load_model(const std::string& path, const std::string& dtype_request,
@@ -184,20 +225,19 @@ std::shared_ptr<Model> load_model(const std::string& path, const std::string& dt
   }
   if (extra["metadata.json"].empty())
     throw std::runtime_error("'" + path + "' has no metadata.json: not a symbreak model file");
+  std::vector<int> species;
+  double cutoff = 0.0, receptive_field = 0.0;
+  int contract = 1;
   try {
     const auto meta = json::parse(extra["metadata.json"]);
-    model->species = meta.at("species").get<std::vector<int>>();
-    model->cutoff = meta.at("cutoff").get<double>();
-    model->receptive_field = meta.at("receptive_field").get<double>();
+    species = meta.at("species").get<std::vector<int>>();
+    cutoff = meta.at("cutoff").get<double>();
+    receptive_field = meta.at("receptive_field").get<double>();
     model->torch_version = meta.at("torch_version").get<std::string>();
+    if (meta.contains("contract")) contract = meta.at("contract").get<int>();
   } catch (const std::exception& err) {
     throw std::runtime_error("'" + path + "': corrupt metadata.json: " + err.what());
   }
-  if (model->cutoff <= 0.0 || model->receptive_field < model->cutoff || model->species.empty())
-    throw std::runtime_error("'" + path + "': corrupt metadata.json (cutoff " +
-                             std::to_string(model->cutoff) + ", receptive field " +
-                             std::to_string(model->receptive_field) + ")");
-  model->n_layers = static_cast<int>(std::lround(model->receptive_field / model->cutoff));
 
   // TorchScript files are only supported by the torch major.minor that wrote them.
   int major = -1, minor = -1;
@@ -209,20 +249,67 @@ std::shared_ptr<Model> load_model(const std::string& path, const std::string& dt
                              "wrote them: re-export the model with torch " +
                              std::to_string(TORCH_VERSION_MAJOR) + "." +
                              std::to_string(TORCH_VERSION_MINOR));
-  for (const char* method : {"atomic_energies", "baseline_energies"})
-    if (!model->module.find_method(method))
-      throw std::runtime_error("'" + path + "' has no method '" + method +
-                               "': not a symbreak model file");
 
-  model->split_priors = model->module.find_method("learned_energies").has_value() &&
-                        model->module.find_method("prior_energies").has_value();
-  model->module.eval();
-  for (const auto& p : model->module.parameters()) {
+  // The contract: entry points and version (an older file has neither).
+  auto& module = model->module;
+  std::string missing;
+  for (const char* method : {"compute", "parse_policy", "policy_rotations", "energy_spread"})
+    if (!module.find_method(method)) missing += (missing.empty() ? "" : ", ") + std::string(method);
+  const int version = module.hasattr("contract_version")
+                          ? static_cast<int>(module.attr("contract_version").toInt())
+                          : 1;
+  if (!missing.empty() || version != kContractVersion || contract != kContractVersion)
+    throw std::runtime_error("'" + path + "' is a model file of contract version " +
+                             std::to_string(version) +
+                             " (metadata.json: " + std::to_string(contract) + ")" +
+                             (missing.empty() ? "" : ", without the entry point(s) " + missing) +
+                             "; this plugin reads contract version " +
+                             std::to_string(kContractVersion) + ": " + reexport_hint(path));
+
+  // The metadata must describe the module it travels with.
+  try {
+    for (const auto z : module.attr("species").toIntVector())
+      model->species.push_back(static_cast<int>(z));
+    model->masses = module.attr("masses").toDoubleVector();
+    model->cutoff = module.attr("cutoff").toDouble();
+    model->receptive_field = module.attr("receptive_field").toDouble();
+    model->min_distance = module.attr("min_distance").toDouble();
+  } catch (const std::exception& err) {
+    throw std::runtime_error("'" + path + "': the module lacks a contract attribute (" +
+                             script_error(err) + "): " + reexport_hint(path));
+  }
+  const auto mismatch = [&](const std::string& field, const std::string& written,
+                            const std::string& inside) {
+    throw std::runtime_error("'" + path + "': metadata.json says " + field + " = " + written +
+                             ", but the module holds " + inside +
+                             ": a corrupt or hand-edited file (re-export it)");
+  };
+  if (species != model->species) mismatch("species", join(species), join(model->species));
+  if (cutoff != model->cutoff)
+    mismatch("cutoff", std::to_string(cutoff), std::to_string(model->cutoff));
+  if (receptive_field != model->receptive_field)
+    mismatch("receptive_field", std::to_string(receptive_field),
+             std::to_string(model->receptive_field));
+  if (model->cutoff <= 0.0 || model->receptive_field < model->cutoff || model->species.empty() ||
+      model->masses.size() != model->species.size())
+    throw std::runtime_error("'" + path + "': corrupt model (cutoff " +
+                             std::to_string(model->cutoff) + ", receptive field " +
+                             std::to_string(model->receptive_field) + ")");
+  model->n_layers = static_cast<int>(std::lround(model->receptive_field / model->cutoff));
+
+  module.eval();
+  for (const auto& p : module.parameters()) {
     model->dtype = p.scalar_type();
     break;
   }
   if (dtype_request == "float64" && model->dtype != torch::kFloat64) {
-    model->module.to(torch::kFloat64);
+    // floating-point parameters and buffers only, as Python's .double() (Module::to would
+    // also convert the integer buffers, e.g. the species lookup)
+    torch::NoGradGuard no_grad;
+    for (auto p : module.parameters())
+      if (p.is_floating_point()) p.set_data(p.to(torch::kFloat64));
+    for (auto b : module.buffers())
+      if (b.is_floating_point()) b.set_data(b.to(torch::kFloat64));
     model->dtype = torch::kFloat64;
   } else if (dtype_request == "float32" && model->dtype != torch::kFloat32) {
     throw std::runtime_error("'" + path +
@@ -231,7 +318,7 @@ std::shared_ptr<Model> load_model(const std::string& path, const std::string& dt
   }
   // Forces need gradients with respect to the edge vectors only; with trainable weights
   // TorchScript's backward would also compute every weight gradient (~1.45x the time).
-  for (auto p : model->module.parameters()) p.requires_grad_(false);
+  for (auto p : module.parameters()) p.requires_grad_(false);
   // Other entries of the same file (an older version of it) are dropped.
   const std::string real = file_key(path).substr(0, file_key(path).find('|'));
   for (auto it = cache.begin(); it != cache.end();)
@@ -240,58 +327,29 @@ std::shared_ptr<Model> load_model(const std::string& path, const std::string& dt
   return model;
 }
 
-// The rotation table (symbreak/data/rotation_grids.txt): (family, L) -> K x [w, R00..R22].
-using GridTable = std::map<std::pair<std::string, int>, std::vector<double>>;
-
-const GridTable& grid_table() {
-  static GridTable* table = nullptr;
-  if (table) return *table;
-  const std::string path = package_dir() + "/data/rotation_grids.txt";
-  std::ifstream in(path);
-  if (!in)
-    throw std::runtime_error("rotation table " + path +
-                             " not found: the plugin must stay in "
-                             "the lib/ folder of the installed symbreak package");
-  auto parsed = std::make_unique<GridTable>();
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream head(line);
-    std::string tag, family;
-    int order = 0, count = 0;
-    if (!(head >> tag >> family >> order >> count) || tag != "grid" || count <= 0)
-      throw std::runtime_error("corrupt rotation table " + path + ": '" + line + "'");
-    std::vector<double> rows(10 * static_cast<size_t>(count));
-    for (int k = 0; k < count; ++k) {
-      if (!std::getline(in, line)) throw std::runtime_error("truncated rotation table " + path);
-      const char* p = line.c_str();
-      for (int c = 0; c < 10; ++c) {
-        char* end = nullptr;
-        rows[10 * k + c] = std::strtod(p, &end);  // exact: the table holds round-trip reprs
-        if (end == p) throw std::runtime_error("corrupt rotation table " + path + ": " + line);
-        p = end;
-      }
-    }
-    (*parsed)[{family, order}] = std::move(rows);
-  }
-  table = parsed.release();
-  return *table;
-}
-
-std::string table_orders(const std::string& family) {
-  std::string out;
-  for (const auto& entry : grid_table())
-    if (entry.first.first == family)
-      out += (out.empty() ? "" : " ") + std::to_string(entry.first.second);
+// The policy text of the file's grammar, from the one-token form (`average lebedev:3+inv`)
+// or the older keywords (`average lebedev 3 inversion yes seed 7`): the keywords replace
+// what the text says, as AveragingPolicy.with_options. A random policy without a seed gets
+// kDefaultSeed. Throws the grammar's message.
+std::string policy_text(Model& model, const std::string& text, int inversion, long long seed,
+                        bool& seed_defaulted) {
+  auto parsed = model.module.get_method("parse_policy")({text}).toTuple();
+  const auto& e = parsed->elements();
+  const std::string family = e[0].toStringRef();
+  const long long order = e[1].toInt();
+  const bool inv = inversion < 0 ? e[2].toBool() : inversion == 1;
+  long long seed_out = seed != -2 ? seed : e[3].toInt();
+  const long long max_rotations = e[4].toInt();
+  seed_defaulted = family == "random" && seed_out == -1;
+  if (seed_defaulted) seed_out = kDefaultSeed;
+  std::string out =
+      family == "none" || family == "random" ? family : family + ":" + std::to_string(order);
+  if (inv) out += "+inv";
+  if (seed_out != -1) out += "+seed=" + std::to_string(seed_out);
+  if (max_rotations != 2000) out += "+max=" + std::to_string(max_rotations);
+  model.module.get_method("parse_policy")({out});  // the keywords' values, through the grammar
   return out;
 }
-
-// As symbreak.evaluator: with an automatic rotation batch, rotated copies x edges per model call
-// stays below AUTO_EDGE_BUDGET (memory: ~45 kB per rotated edge for the default-size PET;
-// larger batches leave the cache and are slower on CPU), and TorchScript's optimising executor is
-// off (JIT_OPTIMIZE: it made the default-size PET slower and hungrier on CPU).
-constexpr long kAutoEdgeBudget = 8192;
-constexpr bool kJitOptimize = false;
 
 }  // namespace
 }  // namespace symbreak
@@ -305,10 +363,12 @@ PairSymbreak::PairSymbreak(LAMMPS* lmp) : Pair(lmp) {
   manybody_flag = 1;
   no_virial_fdotr_compute = 1;
   centroidstressflag = CENTROID_NOTAVAIL;
-  // compute pair symbreak: c_ID[1] = spread of the per-rotation energies (eV), c_ID[2] = K.
-  nextra = 2;
+  // compute pair symbreak: c_ID[1] spread of the per-rotation energies (eV), c_ID[2] K,
+  // c_ID[3..5] net torque of the model (eV), c_ID[6] spread of the forces over rotations
+  // (eV/A, RMS over atoms; one rank only: -1 in ghosts mode).
+  nextra = 6;
   pvector = new double[nextra];
-  pvector[0] = pvector[1] = 0.0;
+  for (int k = 0; k < nextra; ++k) pvector[k] = 0.0;
 }
 
 PairSymbreak::~PairSymbreak() {
@@ -328,6 +388,7 @@ void PairSymbreak::allocate() {
   memory->create(cutghost, n, n, "pair:cutghost");
   for (int i = 0; i < n; ++i)
     for (int j = 0; j < n; ++j) setflag[i][j] = 0;
+  type_z_.assign(n, -1);
   type_species_.assign(n, -1);
 }
 
@@ -337,10 +398,9 @@ void PairSymbreak::settings(int narg, char** arg) {
   if (narg < 1)
     error->all(FLERR, "pair_style symbreak: missing model (a model file or a shipped model name)");
 
-  Average average = Average::None;
-  int order = 1;
-  bool inversion = false;
-  std::uint64_t seed = 12345;
+  std::string average = "none";
+  int inversion = -1;   // -1: as the policy text says
+  long long seed = -2;  // -2: as the policy text says
   int rotation_batch = 0;
   std::string dtype = "auto";
   Mode mode = Mode::Auto;
@@ -349,26 +409,19 @@ void PairSymbreak::settings(int narg, char** arg) {
     if (i + 1 >= narg) error->all(FLERR, "pair_style symbreak: keyword '{}' needs a value", key);
     const std::string value = arg[i + 1];
     if (key == "average") {
-      if (value == "none") {
-        average = Average::None;
-      } else if (value == "random") {
-        average = Average::Random;
-      } else if (value == "legendre" || value == "lebedev") {
-        average = value == "legendre" ? Average::Legendre : Average::Lebedev;
-        if (i + 2 >= narg)
-          error->all(FLERR, "pair_style symbreak: 'average {}' needs an order L", value);
-        order = utils::inumeric(FLERR, arg[i + 2], false, lmp);
+      average = value;
+      // the older form `average legendre|lebedev L`
+      if ((value == "legendre" || value == "lebedev") && i + 2 < narg &&
+          utils::is_integer(arg[i + 2])) {
+        average += ":" + std::string(arg[i + 2]);
         ++i;
-      } else {
-        error->all(FLERR,
-                   "pair_style symbreak: unknown average '{}' (valid: none, random, legendre L, "
-                   "lebedev L)",
-                   value);
       }
     } else if (key == "inversion") {
-      inversion = utils::logical(FLERR, value, false, lmp) == 1;
+      inversion = utils::logical(FLERR, value, false, lmp);
     } else if (key == "seed") {
-      seed = static_cast<std::uint64_t>(utils::bnumeric(FLERR, value, false, lmp));
+      if (!utils::is_integer(value))
+        error->all(FLERR, "pair_style symbreak: seed must be an integer, not '{}'", value);
+      seed = std::atoll(value.c_str());
     } else if (key == "rotation_batch") {
       rotation_batch = utils::inumeric(FLERR, value, false, lmp);
       if (rotation_batch < 0) error->all(FLERR, "pair_style symbreak: rotation_batch must be >= 0");
@@ -401,119 +454,44 @@ void PairSymbreak::settings(int narg, char** arg) {
   } catch (const std::exception& err) {
     error->all(FLERR, "pair_style symbreak: {}", err.what());
   }
+  std::string policy;
+  std::vector<double> weights;
+  bool seed_defaulted = false;
+  try {
+    policy = symbreak::policy_text(*model, average, inversion, seed, seed_defaulted);
+    // grids beyond the file's tables are refused here, not at the first force call
+    auto rotations = model->module.get_method("policy_rotations")({policy, 0}).toTuple();
+    auto w = rotations->elements()[1].toTensor().to(torch::kFloat64).contiguous();
+    weights.assign(w.data_ptr<double>(), w.data_ptr<double>() + w.numel());
+  } catch (const std::exception& err) {
+    error->all(FLERR, "pair_style symbreak: {}", symbreak::script_error(err));
+  }
   // Another model (or dtype): the type -> species map must be given again.
   if (model_ && model_ != model && allocated) {
     for (int i = 0; i <= atom->ntypes; ++i)
       for (int j = 0; j <= atom->ntypes; ++j) setflag[i][j] = 0;
   }
   model_ = model;
-  model_arg_ = arg[0];
-  average_ = average;
-  order_ = order;
-  inversion_ = inversion;
-  seed_ = seed;
+  policy_ = policy;
+  weights_ = weights;
+  n_rotations_ = static_cast<double>(weights_.size());
+  counter_ = 0;
   rotation_batch_ = rotation_batch;
   mode_request_ = mode;
-  rng_.seed(seed_);
-  try {
-    set_grid();
-  } catch (const std::exception& err) {
-    error->all(FLERR, "pair_style symbreak: {}", err.what());
-  }
 
   if (comm->me == 0) {
     std::string species;
     for (int z : model_->species)
       species += (species.empty() ? "" : " ") + symbreak::element_symbol(z);
-    utils::logmesg(lmp,
-                   "pair_style symbreak: {} model {} ({}, species {}, cutoff {} A, receptive "
-                   "field {} A)\npair_style symbreak: average {} ({} rotations per step)\n",
-                   from_cache ? "cached" : "loaded", model_->path,
-                   model_->dtype == torch::kFloat64 ? "float64" : "float32", species,
-                   model_->cutoff, model_->receptive_field, policy_string(), rot_.size() / 9);
-    if (!model_->split_priors)
-      utils::logmesg(lmp,
-                     "pair_style symbreak: the file has no learned_energies/prior_energies: the "
-                     "invariant priors are evaluated once per rotation (`symbreak export` "
-                     "brings the file up to date)\n");
+    utils::logmesg(
+        lmp,
+        "pair_style symbreak: {} model {} ({}, species {}, cutoff {} A, receptive "
+        "field {} A)\npair_style symbreak: average {} ({} rotations per step){}\n",
+        from_cache ? "cached" : "loaded", model_->path,
+        model_->dtype == torch::kFloat64 ? "float64" : "float32", species, model_->cutoff,
+        model_->receptive_field, policy_, n_rotations_,
+        seed_defaulted ? " (the default seed: every rank draws the same rotations)" : "");
   }
-}
-
-std::string PairSymbreak::policy_string() const {
-  std::string out;
-  switch (average_) {
-    case Average::None:
-      out = "none";
-      break;
-    case Average::Random:
-      out = "random seed " + std::to_string(seed_);
-      break;
-    case Average::Legendre:
-      out = "legendre " + std::to_string(order_);
-      break;
-    case Average::Lebedev:
-      out = "lebedev " + std::to_string(order_);
-      break;
-  }
-  return out + (inversion_ ? " inversion yes" : "");
-}
-
-void PairSymbreak::set_grid() {
-  std::vector<double> rows;
-  if (average_ == Average::None) {
-    rows = {1.0, 1, 0, 0, 0, 1, 0, 0, 0, 1};
-  } else if (average_ == Average::Random) {
-    draw_random_rotation();
-    return;
-  } else {
-    const std::string family = average_ == Average::Legendre ? "legendre" : "lebedev";
-    const auto& table = symbreak::grid_table();
-    const auto found = table.find({family, order_});
-    if (found == table.end())
-      throw std::runtime_error(
-          "no " + family + " grid of order " + std::to_string(order_) +
-          " in the rotation table (available: " + symbreak::table_orders(family) + ")");
-    rows = found->second;
-  }
-  const size_t count = rows.size() / 10;
-  rot_.clear();
-  weights_.clear();
-  // As symbreak.rotations.grid: with inversion R0, -R0, R1, -R1, ... and weights halved.
-  for (size_t k = 0; k < count; ++k) {
-    for (int sign : {1, -1}) {
-      if (sign < 0 && !inversion_) break;
-      for (int c = 0; c < 9; ++c) rot_.push_back(sign * rows[10 * k + 1 + c]);
-      weights_.push_back(inversion_ ? 0.5 * rows[10 * k] : rows[10 * k]);
-    }
-  }
-  n_rotations_ = static_cast<double>(weights_.size());
-}
-
-// A uniform random O(3) rotation, as symbreak.rotations.random_rotation: a normalised Gaussian
-// quaternion, improper with probability 1/2; with inversion the pair [R, -R], weights 1/2.
-// Every rank draws the same sequence (same seed, one draw per force call).
-void PairSymbreak::draw_random_rotation() {
-  std::normal_distribution<double> gauss(0.0, 1.0);
-  std::uniform_real_distribution<double> uniform(0.0, 1.0);
-  double q[4], norm = 0.0;
-  for (double& v : q) {
-    v = gauss(rng_);
-    norm += v * v;
-  }
-  norm = std::sqrt(norm);
-  const double a = q[0] / norm, b = q[1] / norm, c = q[2] / norm, d = q[3] / norm;
-  const double sign = uniform(rng_) < 0.5 ? -1.0 : 1.0;
-  const double R[9] = {1 - 2 * (c * c + d * d), 2 * (b * c - a * d),     2 * (b * d + a * c),
-                       2 * (b * c + a * d),     1 - 2 * (b * b + d * d), 2 * (c * d - a * b),
-                       2 * (b * d - a * c),     2 * (c * d + a * b),     1 - 2 * (b * b + c * c)};
-  rot_.clear();
-  weights_.clear();
-  for (double s : {1.0, -1.0}) {
-    if (s < 0 && !inversion_) break;
-    for (double v : R) rot_.push_back(s * sign * v);
-    weights_.push_back(inversion_ ? 0.5 : 1.0);
-  }
-  n_rotations_ = static_cast<double>(weights_.size());
 }
 
 /* ---------------------------------------------------------------------- */
@@ -544,10 +522,31 @@ void PairSymbreak::coeff(int narg, char** arg) {
                  "pair_style symbreak: element {} (type {}) is not a species of model {} "
                  "(it knows {})",
                  symbol, t, model_->path, known);
+    type_z_[t] = z;
     type_species_[t] = static_cast<int>(it - model_->species.begin());
   }
   for (int i = 1; i <= ntypes; ++i)
     for (int j = i; j <= ntypes; ++j) setflag[i][j] = setflag[j][i] = 1;
+  masses_checked_ = false;
+}
+
+// A type whose mass is far from the standard mass of its element is most likely mapped to
+// the wrong element (pair_coeff * * H O for types O, H): silent garbage otherwise.
+void PairSymbreak::check_masses() {
+  if (masses_checked_ || !atom->mass || !atom->mass_setflag) return;
+  masses_checked_ = true;
+  if (comm->me != 0) return;
+  for (int t = 1; t <= atom->ntypes; ++t) {
+    if (!atom->mass_setflag[t] || type_species_[t] < 0) continue;
+    const double standard = model_->masses[type_species_[t]];
+    const double mass = atom->mass[t];
+    if (std::fabs(mass - standard) > 0.05 * standard)
+      error->warning(FLERR,
+                     "pair_style symbreak: atom type {} has mass {:.6g} but pair_coeff maps it "
+                     "to {} (standard mass {:.6g} amu): are the elements of pair_coeff in the "
+                     "order of the atom types?",
+                     t, mass, symbreak::element_symbol(type_z_[t]), standard);
+  }
 }
 
 /* ---------------------------------------------------------------------- */
@@ -563,6 +562,7 @@ void PairSymbreak::init_style() {
                "pair_style symbreak requires newton pair on: forces on ghost atoms are sent to "
                "their owners by reverse communication");
   if (domain->dimension != 3) error->all(FLERR, "pair_style symbreak requires a 3d simulation");
+  check_masses();
 
   report_graph_ = true;
   timing_[0] = timing_[1] = timing_[2] = 0.0;
@@ -596,21 +596,35 @@ void* PairSymbreak::extract(const char* name, int& dim) {
   dim = 0;
   if (std::strcmp(name, "energy_rot_std") == 0) return &energy_rot_std_;
   if (std::strcmp(name, "n_rotations") == 0) return &n_rotations_;
+  if (std::strcmp(name, "forces_rot_std") == 0) return &forces_rot_std_;
   if (std::strcmp(name, "cutoff") == 0 && model_) return &model_->cutoff;
   return nullptr;
 }
 
 double PairSymbreak::memory_usage() {
   double bytes = Pair::memory_usage();
-  bytes += static_cast<double>(centers_.capacity() + neighbors_.capacity() + reverse_.capacity()) *
+  bytes += static_cast<double>(centers_.capacity() + neighbors_.capacity() + reverse_.capacity() +
+                               shifts_.capacity()) *
            sizeof(std::int64_t);
-  bytes += static_cast<double>(vectors_.capacity()) * sizeof(double);
+  bytes += static_cast<double>(vectors_.capacity() + positions_.capacity()) * sizeof(double);
   return bytes;
 }
 
 /* ----------------------------------------------------------------------
    graphs
 ------------------------------------------------------------------------- */
+
+// Closer than the file's min_distance is an input error (as in every engine), named by
+// LAMMPS atom IDs; the model would give NaN or huge forces.
+void PairSymbreak::check_distance(int i, int j, const double* d) {
+  const double r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+  const double dmin = model_->min_distance;
+  if (r2 < dmin * dmin)
+    error->one(FLERR,
+               "pair_style symbreak: atoms {} and {} (LAMMPS atom IDs) are {:.6g} A apart: "
+               "overlapping atoms (closer than the model's minimum distance {} A)",
+               atom->tag[i], atom->tag[j], std::sqrt(r2), dmin);
+}
 
 // One rank: model atoms = owned atoms; an edge to a ghost goes to the owned atom it is an
 // image of (found by its tag), labelled by its lattice shift.
@@ -621,6 +635,9 @@ void PairSymbreak::build_graph_images() {
   const int* type = atom->type;
   const double rc2 = model_->cutoff * model_->cutoff;
   const double* hi = domain->h_inv;
+  const double* h = domain->h;  // xprd yprd zprd yz xz xy
+  // rows: a = (xprd, 0, 0), b = (xy, yprd, 0), c = (xz, yz, zprd)
+  const double cell[3][3] = {{h[0], 0.0, 0.0}, {h[5], h[1], 0.0}, {h[4], h[3], h[2]}};
 
   tagint max_tag = 0;
   for (int i = 0; i < nlocal; ++i) max_tag = std::max(max_tag, tag[i]);
@@ -629,10 +646,12 @@ void PairSymbreak::build_graph_images() {
 
   n_model_ = nlocal;
   lmp_of_.resize(nlocal);
-  species_.resize(nlocal);
+  numbers_.resize(nlocal);
+  positions_.resize(3 * static_cast<size_t>(nlocal));
   for (int i = 0; i < nlocal; ++i) {
     lmp_of_[i] = i;
-    species_[i] = type_species_[type[i]];
+    numbers_[i] = type_z_[type[i]];
+    for (int c = 0; c < 3; ++c) positions_[3 * i + c] = x[i][c];
   }
   centers_.clear();
   neighbors_.clear();
@@ -647,10 +666,11 @@ void PairSymbreak::build_graph_images() {
     row_begin_[i] = static_cast<std::int64_t>(centers_.size());
     for (int jj = 0; jj < list->numneigh[i]; ++jj) {
       const int j = jlist[jj] & NEIGHMASK;
-      const double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
+      double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
       if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] >= rc2) continue;
+      check_distance(i, j, d);
       int owner = j;
-      int s[3] = {0, 0, 0};
+      std::int64_t s[3] = {0, 0, 0};
       if (j >= nlocal) {
         owner = tag[j] <= max_tag ? tag_owner_[tag[j]] : -1;
         if (owner < 0)
@@ -659,9 +679,13 @@ void PairSymbreak::build_graph_images() {
                      "(use mode ghosts)",
                      tag[j]);
         const double e[3] = {x[j][0] - x[owner][0], x[j][1] - x[owner][1], x[j][2] - x[owner][2]};
-        s[0] = static_cast<int>(std::lround(hi[0] * e[0] + hi[5] * e[1] + hi[4] * e[2]));
-        s[1] = static_cast<int>(std::lround(hi[1] * e[1] + hi[3] * e[2]));
-        s[2] = static_cast<int>(std::lround(hi[2] * e[2]));
+        s[0] = std::llround(hi[0] * e[0] + hi[5] * e[1] + hi[4] * e[2]);
+        s[1] = std::llround(hi[1] * e[1] + hi[3] * e[2]);
+        s[2] = std::llround(hi[2] * e[2]);
+        // r_ij as the model file computes it: x_owner - x_i + S h
+        for (int c = 0; c < 3; ++c)
+          d[c] =
+              x[owner][c] - x[i][c] + (s[0] * cell[0][c] + s[1] * cell[1][c] + s[2] * cell[2][c]);
       }
       centers_.push_back(i);
       neighbors_.push_back(owner);
@@ -711,6 +735,7 @@ void PairSymbreak::build_graph_ghosts() {
         const int j = jlist[jj] & NEIGHMASK;
         const double d[3] = {x[j][0] - x[a][0], x[j][1] - x[a][1], x[j][2] - x[a][2]};
         if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] >= rc2) continue;
+        check_distance(a, j, d);
         if (hop_[j] < 0) {
           hop_[j] = hop_[a] + 1;
           model_of_[j] = static_cast<int>(lmp_of_.size());
@@ -725,8 +750,12 @@ void PairSymbreak::build_graph_ghosts() {
     row_end_.push_back(static_cast<std::int64_t>(centers_.size()));
   }
   n_model_ = static_cast<int>(lmp_of_.size());
-  species_.resize(n_model_);
-  for (int m = 0; m < n_model_; ++m) species_[m] = type_species_[type[lmp_of_[m]]];
+  numbers_.resize(n_model_);
+  positions_.resize(3 * static_cast<size_t>(n_model_));
+  for (int m = 0; m < n_model_; ++m) {
+    numbers_[m] = type_z_[type[lmp_of_[m]]];
+    for (int c = 0; c < 3; ++c) positions_[3 * m + c] = x[lmp_of_[m]][c];
+  }
 
   // Atoms at n_layers hops have no rows: give them the reverses of the edges that reach them
   // (-d is exactly x_a - x_j). Their own outputs never reach an owned atom's energy.
@@ -741,6 +770,7 @@ void PairSymbreak::build_graph_ghosts() {
     neighbor_lmp_.push_back(lmp_of_[centers_[e]]);
     for (int c = 0; c < 3; ++c) vectors_.push_back(-vectors_[3 * e + c]);
   }
+  shifts_.assign(3 * centers_.size(), 0);
   find_reverse_edges(false);
 }
 
@@ -799,7 +829,7 @@ void PairSymbreak::find_reverse_edges(bool images) {
   compact(neighbor_lmp_, 1);
   compact(reverse_, 1);
   compact(vectors_, 3);
-  if (images) compact(shifts_, 3);
+  compact(shifts_, 3);
 }
 
 /* ----------------------------------------------------------------------
@@ -820,7 +850,6 @@ void PairSymbreak::compute(int eflag, int vflag) {
   using clock = std::chrono::steady_clock;
   const auto t_start = clock::now();
   ev_init(eflag, vflag);
-  if (average_ == Average::Random) draw_random_rotation();  // same draw on every rank
 
   if (mode_ == Mode::Images)
     build_graph_images();
@@ -840,146 +869,119 @@ void PairSymbreak::compute(int eflag, int vflag) {
                      mode_ == Mode::Images ? "images" : "ghosts", n, nlocal, n_edges,
                      at::get_num_threads());
   }
-  const std::int64_t n_rot = static_cast<std::int64_t>(weights_.size());
-  std::vector<double> energy_rot(n_rot, 0.0);  // this rank's owned atoms, per rotation
-  std::vector<double> atomic(nlocal, 0.0);
-  torch::Tensor grad;
+
+  const auto n_rot = static_cast<std::int64_t>(n_rotations_);
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  torch::Tensor energy_rot = torch::zeros({1, n_rot}, f64);  // this rank's owned atoms
+  // the policy's weights (the same for every draw of a random policy)
+  torch::Tensor weights = torch::from_blob(weights_.data(), {n_rot}, f64);
+  torch::Tensor forces, atomic, grad, virial_t, torque_t, forces_std;
+  double energy = 0.0;
+  const std::int64_t counter = counter_++;
 
   if (n > 0) {
     try {
-      const auto dtype = model_->dtype;
-      const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-      const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
       torch::AutoGradMode grad_mode(true);
       torch::jit::GraphOptimizerEnabledGuard optimize(symbreak::kJitOptimize);
-      auto species = torch::from_blob(species_.data(), {n}, i64);
-      auto centers = torch::from_blob(centers_.data(), {n_edges}, i64);
-      auto neighbors = torch::from_blob(neighbors_.data(), {n_edges}, i64);
-      auto reverse = torch::from_blob(reverse_.data(), {n_edges}, i64);
-      auto base = torch::from_blob(vectors_.data(), {n_edges, 3}, f64).to(dtype);
-      auto rotations = torch::from_blob(rot_.data(), {n_rot, 3, 3}, f64).to(dtype);
-      auto weights = torch::from_blob(weights_.data(), {n_rot}, f64);
-
-      auto baseline = model_->module.get_method("baseline_energies")({species}).toTensor();
-      auto baseline_local = baseline.narrow(0, 0, nlocal).to(torch::kFloat64);
-      const double baseline_sum = baseline_local.sum().item<double>();
-      auto atomic_t = baseline_local.clone();
-      grad = torch::zeros({n_edges, 3}, torch::TensorOptions().dtype(dtype));
-
-      std::int64_t chunk = rotation_batch_ > 0
-                               ? rotation_batch_
-                               : std::max<std::int64_t>(1, symbreak::kAutoEdgeBudget /
-                                                               std::max<std::int64_t>(n_edges, 1));
-      chunk = std::min(chunk, n_rot);
-      // The invariant priors are the same for every rotated copy: once, on the unrotated
-      // vectors, weighted by the sum of the weights.
-      double prior_sum = 0.0;
-      if (model_->split_priors) {
-        double w_total = 0.0;
-        for (const double wk : weights_) w_total += wk;
-        auto leaf = base.clone().requires_grad_(true);
-        auto prior =
-            model_->module.get_method("prior_energies")({species, centers, neighbors, leaf})
-                .toTensor();
-        auto prior_local = prior.narrow(0, 0, nlocal).to(torch::kFloat64);
-        prior_sum = prior_local.sum().item<double>();
-        atomic_t += w_total * prior_local.detach();
-        if (prior_local.requires_grad()) {  // no graph: a model without priors
-          auto g = torch::autograd::grad({prior_local.sum()}, {leaf}, {}, false, false, true)[0];
-          if (g.defined()) grad += w_total * g;
-        }
-      }
-      auto method =
-          model_->module.get_method(model_->split_priors ? "learned_energies" : "atomic_energies");
-      for (std::int64_t start = 0; start < n_rot; start += chunk) {
-        const std::int64_t k = std::min(chunk, n_rot - start);
-        auto rot = rotations.narrow(0, start, k);
-        auto w = weights.narrow(0, start, k);
-        // The rotated copies are the autograd leaf: one backward pass gives every rotation's
-        // own gradient (each E_k depends on its copy only).
-        auto rotated = at::einsum("kab,eb->kea", {rot, base}).contiguous();
-        rotated.requires_grad_(true);
-        auto offsets = torch::arange(k, i64).unsqueeze(1);
-        auto eps = method({species.repeat({k}), (centers.unsqueeze(0) + offsets * n).reshape(-1),
-                           (neighbors.unsqueeze(0) + offsets * n).reshape(-1),
-                           rotated.reshape({k * n_edges, 3}),
-                           (reverse.unsqueeze(0) + offsets * n_edges).reshape(-1)})
-                       .toTensor()
-                       .view({k, n});
-        auto eps_local = eps.narrow(1, 0, nlocal).to(torch::kFloat64);
-        auto e_k = eps_local.sum(1);
-        const auto e_k_host = e_k.detach().contiguous();
-        const double* e_k_ptr = e_k_host.data_ptr<double>();
-        for (std::int64_t r = 0; r < k; ++r)
-          energy_rot[start + r] = e_k_ptr[r] + baseline_sum + prior_sum;
-        atomic_t += (w.unsqueeze(1) * eps_local.detach()).sum(0);
-        auto total = (w * e_k).sum();
-        auto g = torch::autograd::grad({total}, {rotated}, {}, false, false, true)[0];
-        if (g.defined()) grad += at::einsum("kab,kea->keb", {rot, g}).sum(0);  // R_k^T g_k
-      }
-      grad = grad.to(torch::kFloat64).contiguous();
-      auto atomic_acc = atomic_t.contiguous();
-      std::memcpy(atomic.data(), atomic_acc.data_ptr<double>(), nlocal * sizeof(double));
+      const double* h = domain->h;  // rows: (xprd,0,0), (xy,yprd,0), (xz,yz,zprd)
+      const double cell[9] = {h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]};
+      auto selected = torch::arange(n, i64) < nlocal;
+      auto out = model_->module
+                     .get_method("compute")(
+                         {torch::from_blob(numbers_.data(), {n}, i64),
+                          torch::from_blob(positions_.data(), {n, 3}, f64),
+                          torch::from_blob(const_cast<double*>(cell), {1, 3, 3}, f64),
+                          torch::zeros({n}, i64), torch::from_blob(centers_.data(), {n_edges}, i64),
+                          torch::from_blob(neighbors_.data(), {n_edges}, i64),
+                          torch::from_blob(shifts_.data(), {n_edges, 3}, i64),
+                          torch::from_blob(reverse_.data(), {n_edges}, i64), selected, policy_,
+                          counter, true, static_cast<std::int64_t>(rotation_batch_)})
+                     .toGenericDict();
+      const auto get = [&](const char* key) {
+        return out.at(key).toTensor().detach().to(torch::kFloat64).contiguous();
+      };
+      energy = get("energy").item<double>();
+      energy_rot = get("energy_per_rotation");
+      atomic = get("atomic_energies");
+      forces = get("forces");
+      grad = get("edge_gradients");
+      virial_t = get("virial");
+      torque_t = get("torque");
+      forces_std = get("forces_rot_std");
     } catch (const std::exception& err) {
-      std::string what = err.what();
       error->one(FLERR, "pair_style symbreak: model evaluation failed: {}",
-                 what.substr(0, what.find("\nException raised from")));
+                 symbreak::script_error(err));
     }
-  } else {
-    grad = torch::zeros({0, 3}, torch::TensorOptions().dtype(torch::kFloat64));
+    if (energy_rot.size(1) != n_rot)
+      error->one(FLERR, "pair_style symbreak: internal error, {} rotations instead of {}",
+                 energy_rot.size(1), n_rot);
   }
-
   const auto t_model = clock::now();
-  double energy_local = 0.0;
-  for (std::int64_t k = 0; k < n_rot; ++k) energy_local += weights_[k] * energy_rot[k];
 
-  if (eflag_global) {
-    eng_vdwl += energy_local;
-    // Spread of the per-rotation total energies (all ranks), for compute pair / extract.
-    std::vector<double> total(n_rot, 0.0);
-    MPI_Allreduce(energy_rot.data(), total.data(), static_cast<int>(n_rot), MPI_DOUBLE, MPI_SUM,
-                  world);
-    double mean = 0.0, var = 0.0;
-    for (std::int64_t k = 0; k < n_rot; ++k) mean += weights_[k] * total[k];
-    for (std::int64_t k = 0; k < n_rot; ++k)
-      var += weights_[k] * (total[k] - mean) * (total[k] - mean);
-    energy_rot_std_ = std::sqrt(std::max(var, 0.0));
-    pvector[0] = comm->me == 0 ? energy_rot_std_ : 0.0;  // compute pair sums over ranks
-    pvector[1] = comm->me == 0 ? n_rotations_ : 0.0;
+  // diagnostics: the spread of the per-rotation total energies over all ranks
+  if (comm->nprocs == 1) {
+    energy_rot_std_ = n > 0 ? model_->module.get_method("energy_spread")({energy_rot, weights})
+                                  .toTensor()
+                                  .item<double>()
+                            : 0.0;
+  } else {
+    auto total = torch::zeros({1, n_rot}, f64);
+    MPI_Allreduce(energy_rot.data_ptr<double>(), total.data_ptr<double>(), static_cast<int>(n_rot),
+                  MPI_DOUBLE, MPI_SUM, world);
+    energy_rot_std_ =
+        model_->module.get_method("energy_spread")({total, weights}).toTensor().item<double>();
   }
-  if (eflag_atom)
-    for (int i = 0; i < nlocal; ++i) eatom[i] += atomic[i];
+  double torque_local[3] = {0.0, 0.0, 0.0};
+  if (n > 0)
+    for (int c = 0; c < 3; ++c) torque_local[c] = torque_t.data_ptr<double>()[c];
+  MPI_Allreduce(torque_local, torque_, 3, MPI_DOUBLE, MPI_SUM, world);
+  forces_rot_std_ = mode_ == Mode::Images ? (n > 0 ? forces_std.item<double>() : 0.0) : -1.0;
+  // compute pair sums pvector over the ranks: the global values on rank 0 only
+  const bool root = comm->me == 0;
+  pvector[0] = root ? energy_rot_std_ : 0.0;
+  pvector[1] = root ? n_rotations_ : 0.0;
+  for (int c = 0; c < 3; ++c) pvector[2 + c] = root ? torque_[c] : 0.0;
+  pvector[5] = root ? forces_rot_std_ : 0.0;
 
-  // forces: E depends on r_e = x_j - x_i, so f_i += dE/dr_e, f_j -= dE/dr_e
-  double** f = atom->f;
-  const double* g = grad.data_ptr<double>();
-  double w[6] = {0, 0, 0, 0, 0, 0};
-  for (std::int64_t e = 0; e < n_edges; ++e) {
-    const int i = lmp_of_[centers_[e]];
-    const int j = neighbor_lmp_[e];
-    const double* ge = g + 3 * e;
-    const double* d = &vectors_[3 * e];
-    for (int c = 0; c < 3; ++c) {
-      f[i][c] += ge[c];
-      f[j][c] -= ge[c];
+  if (n > 0) {
+    if (eflag_global) eng_vdwl += energy;
+    if (eflag_atom) {
+      const double* a = atomic.data_ptr<double>();
+      for (int i = 0; i < nlocal; ++i) eatom[i] += a[i];
     }
-    if (vflag_either) {
-      const double v[6] = {-d[0] * ge[0],
-                           -d[1] * ge[1],
-                           -d[2] * ge[2],
-                           -0.5 * (d[0] * ge[1] + d[1] * ge[0]),
-                           -0.5 * (d[0] * ge[2] + d[2] * ge[0]),
-                           -0.5 * (d[1] * ge[2] + d[2] * ge[1])};
-      for (int c = 0; c < 6; ++c) w[c] += v[c];
-      if (vflag_atom)
+    // forces on every model atom (ghosts included: reverse communication sends them home)
+    double** f = atom->f;
+    const double* fm = forces.data_ptr<double>();
+    for (int m = 0; m < n; ++m) {
+      double* fi = f[lmp_of_[m]];
+      for (int c = 0; c < 3; ++c) fi[c] += fm[3 * m + c];
+    }
+    if (vflag_global) {  // the file's [1, 3, 3] symmetric virial as xx yy zz xy xz yz
+      const double* v = virial_t.data_ptr<double>();
+      const double vv[6] = {v[0], v[4], v[8], v[1], v[2], v[5]};
+      for (int c = 0; c < 6; ++c) virial[c] += vv[c];
+    }
+    if (vflag_atom) {  // each edge's symmetrised -r (x) g, half to each end
+      const double* g = grad.data_ptr<double>();
+      for (std::int64_t e = 0; e < n_edges; ++e) {
+        const double* ge = g + 3 * e;
+        const double* d = &vectors_[3 * e];
+        const double v[6] = {-d[0] * ge[0],
+                             -d[1] * ge[1],
+                             -d[2] * ge[2],
+                             -0.5 * (d[0] * ge[1] + d[1] * ge[0]),
+                             -0.5 * (d[0] * ge[2] + d[2] * ge[0]),
+                             -0.5 * (d[1] * ge[2] + d[2] * ge[1])};
+        double* vi = vatom[lmp_of_[centers_[e]]];
+        double* vj = vatom[neighbor_lmp_[e]];
         for (int c = 0; c < 6; ++c) {
-          vatom[i][c] += 0.5 * v[c];
-          vatom[j][c] += 0.5 * v[c];
+          vi[c] += 0.5 * v[c];
+          vj[c] += 0.5 * v[c];
         }
+      }
     }
   }
-  if (vflag_global)
-    for (int c = 0; c < 6; ++c) virial[c] += w[c];
 
   const auto seconds = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
   timing_[0] += seconds(t_start, t_graph);
