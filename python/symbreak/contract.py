@@ -61,23 +61,26 @@ def carried_grids() -> list[tuple[str, int]]:
     return grids
 
 
-class AveragedModel(nn.Module):
-    """The exported model: symbreak's PET behind the contract's entry points (module doc)."""
+class ContractModel(nn.Module):
+    """What every exported model shares: policies, rotations, merging and diagnostics.
 
-    def __init__(self, inner: PET):
+    A subclass wraps one kind of inner model and implements :meth:`accumulate` (the rotated
+    evaluation and its gradients); everything else is written here once.
+    """
+
+    def __init__(self, species: list[int], cutoff: float, receptive_field: float):
         super().__init__()
+        from ase.data import atomic_masses
+
         from .rotations import grid  # numpy reference grids (i-PI's), at export time only
 
         self.contract_version = CONTRACT_VERSION
-        self.inner = inner
-        from ase.data import atomic_masses
-
-        self.species = list(inner.species)
+        self.species = [int(z) for z in species]
         # Standard atomic masses (amu) of the species, for engines to check the masses of
         # their atom types against (a type mapped to the wrong element is silent garbage).
         self.masses = [float(atomic_masses[z]) for z in self.species]
-        self.cutoff = float(inner.cutoff)
-        self.receptive_field = float(inner.cutoff) * len(inner.layers)
+        self.cutoff = float(cutoff)
+        self.receptive_field = float(receptive_field)
         self.min_distance = MIN_DISTANCE
         self.edge_budget = EDGE_BUDGET
         lookup = torch.full((max(self.species) + 1,), -1, dtype=torch.int64)
@@ -191,102 +194,13 @@ class AveragedModel(nn.Module):
         compute_gradients: bool,
         rotation_batch: int,
     ) -> dict[str, Tensor]:
-        """Weighted sums over the given rotations (a whole grid, or a part of one whose
-        weights are not renormalised); see :meth:`finalize` for what they become.
-
-        Only the transformer is evaluated K times, on K rotated copies of the edges in
-        batches of ``rotation_batch`` copies (0: as many as keep the rotated edges within
-        ``edge_budget``): the invariant priors and
-        the baseline give the same value for every copy and are evaluated once, weighted
-        by Σ_k w_k. The rotated copies are the autograd leaf, so one backward pass gives
-        every rotation's own gradient, back-rotated with R_kᵀ.
-        """
-        model = self.inner
-        species = self._species(numbers)
-        n_atoms = species.shape[0]
-        n_edges = centers.shape[0]
-        n_structures = cells.shape[0]
-        n_rot = rotations.shape[0]
-        dtype = model.radial_freq.dtype  # the parameters' precision
-        device = positions.device
-        f64 = torch.float64
-        base = self._vectors(positions, cells, structure, centers, neighbors, shifts).to(dtype)
-        rotations = rotations.to(dtype)
-        weights_c = weights.to(dtype)
-        if rotation_batch <= 0:  # automatic: the rotated edges of a call within the budget
-            rotation_batch = max(1, self.edge_budget // max(n_edges, 1))
-        chunk = min(rotation_batch, n_rot)
-        # Energies of unselected atoms (LAMMPS ghosts) land in an extra bucket and count
-        # neither in the energies nor in their gradients.
-        bucket = torch.where(selected, structure, torch.full_like(structure, n_structures))
-        counted = selected.to(dtype)
-
-        w_total = weights_c.sum()
-        prior_leaf = base.clone().requires_grad_(compute_gradients)
-        prior_eps = model.prior_energies(species, centers, neighbors, prior_leaf)
-        prior_grad = torch.zeros(n_edges, 3, dtype=dtype, device=device)
-        if compute_gradients and (model.use_pair or model.use_three_body):
-            g_prior = torch.autograd.grad([(prior_eps * counted).sum()], [prior_leaf])[0]
-            assert g_prior is not None
-            prior_grad = g_prior
-        prior_eps = prior_eps.detach()
-        prior_forces = atom_forces(prior_grad, centers, neighbors, n_atoms)
-        constant = model.baseline_energies(species) + prior_eps.to(f64)
-        constant_b = torch.zeros(n_structures + 1, dtype=f64, device=device)
-        constant_b = constant_b.index_add(0, bucket, constant)[:n_structures]
-
-        energy_rot = torch.zeros(n_structures, n_rot, dtype=f64, device=device)
-        atomic = w_total.to(f64) * prior_eps.to(f64)
-        grad = w_total * prior_grad
-        forces = torch.zeros(n_atoms, 3, dtype=dtype, device=device)
-        forces_sq = torch.zeros(n_atoms, dtype=f64, device=device)
-        for start in range(0, n_rot, chunk):
-            stop = min(start + chunk, n_rot)
-            rot = rotations[start:stop]
-            w = weights_c[start:stop]
-            k = stop - start
-            rotated = torch.einsum("kab,eb->kea", rot, base).contiguous()
-            if compute_gradients:
-                rotated.requires_grad_(True)
-            offsets_atoms = (torch.arange(k, device=device) * n_atoms)[:, None]
-            offsets_edges = (torch.arange(k, device=device) * n_edges)[:, None]
-            eps = model.learned_energies(
-                species.repeat(k),
-                (centers[None, :] + offsets_atoms).reshape(-1),
-                (neighbors[None, :] + offsets_atoms).reshape(-1),
-                rotated.reshape(k * n_edges, 3),
-                (reverse[None, :] + offsets_edges).reshape(-1),
-            ).view(k, n_atoms)
-            e_k = torch.zeros(k, n_structures + 1, dtype=dtype, device=device)
-            e_k = e_k.index_add(1, bucket, eps)[:, :n_structures]
-            # detached: keeping the graph-carrying e_k would keep every chunk's graph alive
-            energy_rot[:, start:stop] = e_k.detach().t().to(f64)
-            atomic = atomic + (w[:, None] * eps).sum(0).detach().to(f64)
-            if compute_gradients:
-                total = (w[:, None] * e_k).sum()
-                g = torch.autograd.grad([total], [rotated])[0]
-                assert g is not None
-                g_back = torch.einsum("kab,kea->keb", rot, g)  # R_kᵀ ∂E_k/∂(R_k r), × w_k
-                grad = grad + g_back.sum(0)
-                f_k = torch.zeros(k, n_atoms, 3, dtype=dtype, device=device)
-                f_k = f_k.index_add(1, centers, g_back).index_add(1, neighbors, -g_back)
-                f_k = f_k + w[:, None, None] * prior_forces  # the whole model's w_k F_k
-                forces = forces + f_k.sum(0)
-                safe_w = torch.where(w > 0, w, torch.ones_like(w))
-                forces_sq = forces_sq + ((f_k.to(f64) ** 2).sum(2) / safe_w.to(f64)[:, None]).sum(0)
-        out: dict[str, Tensor] = {
-            "energy_per_rotation": energy_rot + constant_b[:, None],
-            "weights": weights.to(f64),
-            "atomic_energies": atomic,
-        }
-        if compute_gradients:
-            virial = torch.zeros(n_structures, 3, 3, dtype=dtype, device=device)
-            virial = virial.index_add(0, structure[centers], -(base[:, :, None] * grad[:, None, :]))
-            out["edge_gradients"] = grad
-            out["forces"] = forces
-            out["forces_sq"] = forces_sq
-            out["virial"] = virial
-        return out
+        """Weighted sums over the given rotations (a whole policy, or a group of its
+        rotations whose weights are not renormalised): ``energy_per_rotation`` [B, K'],
+        ``weights`` [K'], ``atomic_energies`` [N] (Σ_k w_k ε_ik); with gradients
+        ``forces`` [N, 3], ``edge_gradients`` [E, 3], ``forces_sq`` [N] (Σ_k w_k |F_ik|²)
+        and ``virial`` [B, 3, 3] (-Σ r ⊗ ∂E/∂r, not symmetrised). Only selected atoms'
+        energies count. Implemented by each kind of model."""
+        raise NotImplementedError("accumulate is implemented by the model's wrapper")
 
     @torch.jit.export
     def merge(self, parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -318,7 +232,6 @@ class AveragedModel(nn.Module):
     ) -> dict[str, Tensor]:
         """The contract's outputs (module doc) from the sums of :meth:`accumulate`."""
         f64 = torch.float64
-        species = self._species(numbers)
         energy_rot = raw["energy_per_rotation"]
         w = raw["weights"]
         out: dict[str, Tensor] = {
@@ -326,7 +239,7 @@ class AveragedModel(nn.Module):
             "energy_per_rotation": energy_rot,
             "weights": w,
             "energy_rot_std": self.energy_spread(energy_rot, w),
-            "atomic_energies": raw["atomic_energies"] + self.inner.baseline_energies(species),
+            "atomic_energies": raw["atomic_energies"],
         }
         if "forces" in raw:
             forces = raw["forces"]
@@ -385,3 +298,124 @@ class AveragedModel(nn.Module):
     def forward(self, numbers: Tensor) -> Tensor:
         """Not an entry point (TorchScript needs a forward): the species indices [N]."""
         return self._species(numbers)
+
+
+class AveragedModel(ContractModel):
+    """The exported model: symbreak's PET behind the contract's entry points (module doc)."""
+
+    def __init__(self, inner: PET):
+        super().__init__(inner.species, inner.cutoff, inner.cutoff * len(inner.layers))
+        self.inner = inner
+
+    @torch.jit.export
+    def accumulate(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        cells: Tensor,
+        structure: Tensor,
+        centers: Tensor,
+        neighbors: Tensor,
+        shifts: Tensor,
+        reverse: Tensor,
+        selected: Tensor,
+        rotations: Tensor,
+        weights: Tensor,
+        compute_gradients: bool,
+        rotation_batch: int,
+    ) -> dict[str, Tensor]:
+        """See :meth:`ContractModel.accumulate`.
+
+        Only the transformer is evaluated K times, on K rotated copies of the edges in
+        batches of ``rotation_batch`` copies (0: as many as keep the rotated edges within
+        ``edge_budget``): the invariant priors and
+        the baseline give the same value for every copy and are evaluated once, weighted
+        by Σ_k w_k. The rotated copies are the autograd leaf, so one backward pass gives
+        every rotation's own gradient, back-rotated with R_kᵀ.
+        """
+        model = self.inner
+        species = self._species(numbers)
+        n_atoms = species.shape[0]
+        n_edges = centers.shape[0]
+        n_structures = cells.shape[0]
+        n_rot = rotations.shape[0]
+        dtype = model.radial_freq.dtype  # the parameters' precision
+        device = positions.device
+        f64 = torch.float64
+        base = self._vectors(positions, cells, structure, centers, neighbors, shifts).to(dtype)
+        rotations = rotations.to(dtype)
+        weights_c = weights.to(dtype)
+        if rotation_batch <= 0:  # automatic: the rotated edges of a call within the budget
+            rotation_batch = max(1, self.edge_budget // max(n_edges, 1))
+        chunk = min(rotation_batch, n_rot)
+        # Energies of unselected atoms (LAMMPS ghosts) land in an extra bucket and count
+        # neither in the energies nor in their gradients.
+        bucket = torch.where(selected, structure, torch.full_like(structure, n_structures))
+        counted = selected.to(dtype)
+
+        w_total = weights_c.sum()
+        prior_leaf = base.clone().requires_grad_(compute_gradients)
+        prior_eps = model.prior_energies(species, centers, neighbors, prior_leaf)
+        prior_grad = torch.zeros(n_edges, 3, dtype=dtype, device=device)
+        if compute_gradients and (model.use_pair or model.use_three_body):
+            g_prior = torch.autograd.grad([(prior_eps * counted).sum()], [prior_leaf])[0]
+            assert g_prior is not None
+            prior_grad = g_prior
+        prior_eps = prior_eps.detach()
+        prior_forces = atom_forces(prior_grad, centers, neighbors, n_atoms)
+        constant = model.baseline_energies(species) + prior_eps.to(f64)
+        constant_b = torch.zeros(n_structures + 1, dtype=f64, device=device)
+        constant_b = constant_b.index_add(0, bucket, constant)[:n_structures]
+
+        energy_rot = torch.zeros(n_structures, n_rot, dtype=f64, device=device)
+        atomic = w_total.to(f64) * constant
+        grad = w_total * prior_grad
+        forces = torch.zeros(n_atoms, 3, dtype=dtype, device=device)
+        forces_sq = torch.zeros(n_atoms, dtype=f64, device=device)
+        for start in range(0, n_rot, chunk):
+            stop = min(start + chunk, n_rot)
+            rot = rotations[start:stop]
+            w = weights_c[start:stop]
+            k = stop - start
+            rotated = torch.einsum("kab,eb->kea", rot, base).contiguous()
+            if compute_gradients:
+                rotated.requires_grad_(True)
+            offsets_atoms = (torch.arange(k, device=device) * n_atoms)[:, None]
+            offsets_edges = (torch.arange(k, device=device) * n_edges)[:, None]
+            eps = model.learned_energies(
+                species.repeat(k),
+                (centers[None, :] + offsets_atoms).reshape(-1),
+                (neighbors[None, :] + offsets_atoms).reshape(-1),
+                rotated.reshape(k * n_edges, 3),
+                (reverse[None, :] + offsets_edges).reshape(-1),
+            ).view(k, n_atoms)
+            e_k = torch.zeros(k, n_structures + 1, dtype=dtype, device=device)
+            e_k = e_k.index_add(1, bucket, eps)[:, :n_structures]
+            # detached: keeping the graph-carrying e_k would keep every chunk's graph alive
+            energy_rot[:, start:stop] = e_k.detach().t().to(f64)
+            atomic = atomic + (w[:, None] * eps).sum(0).detach().to(f64)
+            if compute_gradients:
+                total = (w[:, None] * e_k).sum()
+                g = torch.autograd.grad([total], [rotated])[0]
+                assert g is not None
+                g_back = torch.einsum("kab,kea->keb", rot, g)  # R_kᵀ ∂E_k/∂(R_k r), × w_k
+                grad = grad + g_back.sum(0)
+                f_k = torch.zeros(k, n_atoms, 3, dtype=dtype, device=device)
+                f_k = f_k.index_add(1, centers, g_back).index_add(1, neighbors, -g_back)
+                f_k = f_k + w[:, None, None] * prior_forces  # the whole model's w_k F_k
+                forces = forces + f_k.sum(0)
+                safe_w = torch.where(w > 0, w, torch.ones_like(w))
+                forces_sq = forces_sq + ((f_k.to(f64) ** 2).sum(2) / safe_w.to(f64)[:, None]).sum(0)
+        out: dict[str, Tensor] = {
+            "energy_per_rotation": energy_rot + constant_b[:, None],
+            "weights": weights.to(f64),
+            "atomic_energies": atomic,
+        }
+        if compute_gradients:
+            virial = torch.zeros(n_structures, 3, 3, dtype=dtype, device=device)
+            virial = virial.index_add(0, structure[centers], -(base[:, :, None] * grad[:, None, :]))
+            out["edge_gradients"] = grad
+            out["forces"] = forces
+            out["forces_sq"] = forces_sq
+            out["virial"] = virial
+        return out
