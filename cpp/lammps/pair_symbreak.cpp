@@ -38,6 +38,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <stdexcept>
 #include <tuple>
@@ -62,6 +63,8 @@ namespace symbreak {
 constexpr int kContractVersion = 2;
 //! Seed given to a `random` policy without one, so that every rank draws the same rotations.
 constexpr long long kDefaultSeed = 12345;
+//! `seed` keyword not given.
+constexpr long long kNoSeed = std::numeric_limits<long long>::min();
 //! As symbreak.evaluator.JIT_OPTIMIZE: TorchScript's optimising executor made the
 //! default-size PET slower and hungrier on CPU.
 constexpr bool kJitOptimize = false;
@@ -338,14 +341,15 @@ std::string policy_text(Model& model, const std::string& text, int inversion, lo
   const std::string family = e[0].toStringRef();
   const long long order = e[1].toInt();
   const bool inv = inversion < 0 ? e[2].toBool() : inversion == 1;
-  long long seed_out = seed != -2 ? seed : e[3].toInt();
+  const bool seed_given = seed != kNoSeed;  // the keyword, negative values included
+  long long seed_out = seed_given ? seed : e[3].toInt();
   const long long max_rotations = e[4].toInt();
-  seed_defaulted = family == "random" && seed_out == -1;
+  seed_defaulted = family == "random" && !seed_given && seed_out == -1;
   if (seed_defaulted) seed_out = kDefaultSeed;
   std::string out =
       family == "none" || family == "random" ? family : family + ":" + std::to_string(order);
   if (inv) out += "+inv";
-  if (seed_out != -1) out += "+seed=" + std::to_string(seed_out);
+  if (seed_given || seed_out != -1) out += "+seed=" + std::to_string(seed_out);
   if (max_rotations != 2000) out += "+max=" + std::to_string(max_rotations);
   model.module.get_method("parse_policy")({out});  // the keywords' values, through the grammar
   return out;
@@ -399,8 +403,8 @@ void PairSymbreak::settings(int narg, char** arg) {
     error->all(FLERR, "pair_style symbreak: missing model (a model file or a shipped model name)");
 
   std::string average = "none";
-  int inversion = -1;   // -1: as the policy text says
-  long long seed = -2;  // -2: as the policy text says
+  int inversion = -1;                  // -1: as the policy text says
+  long long seed = symbreak::kNoSeed;  // as the policy text says
   int rotation_batch = 0;
   std::string dtype = "auto";
   Mode mode = Mode::Auto;
@@ -421,7 +425,7 @@ void PairSymbreak::settings(int narg, char** arg) {
     } else if (key == "seed") {
       if (!utils::is_integer(value))
         error->all(FLERR, "pair_style symbreak: seed must be an integer, not '{}'", value);
-      seed = std::atoll(value.c_str());
+      seed = std::strtoll(value.c_str(), nullptr, 10);  // saturates: the grammar refuses
     } else if (key == "rotation_batch") {
       rotation_batch = utils::inumeric(FLERR, value, false, lmp);
       if (rotation_batch < 0) error->all(FLERR, "pair_style symbreak: rotation_batch must be >= 0");
