@@ -169,12 +169,20 @@ def check_module(path: Path, module: torch.jit.ScriptModule, meta: ModelMetadata
             )
 
 
-def load_model(name_or_path: str | Path) -> LoadedModel:
+def load_model(
+    name_or_path: str | Path, extensions_directory: str | Path | None = None
+) -> LoadedModel:
     """Load an exported model. Raises a clear error for a missing, corrupt, inconsistent
     or incompatible file (exported by another torch major.minor version). A file written
     before the contract (``contract`` 1, a bare PET) is wrapped in memory; ``symbreak
-    export`` writes it anew."""
+    export`` writes it anew. A metatomic model file (told from the file itself) is wrapped
+    in the contract (:mod:`symbreak.metatomic`), its TorchScript extensions loaded from
+    ``extensions_directory`` when they are not installed."""
     path = resolve_model_path(name_or_path)
+    from .metatomic import is_metatomic_file
+
+    if is_metatomic_file(path):
+        return _load_metatomic(path, extensions_directory)
     module, meta = _read(path)
     running = torch.__version__.split("+")[0]
     if meta.torch_version.split(".")[:2] != running.split(".")[:2]:
@@ -195,6 +203,17 @@ def load_model(name_or_path: str | Path) -> LoadedModel:
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     return LoadedModel(module.eval(), meta, path, upgraded)
+
+
+def _load_metatomic(path: Path, extensions_directory: str | Path | None) -> LoadedModel:
+    """A metatomic file wrapped in the contract (scripted in memory), with its metadata."""
+    from .metatomic import load_metatomic
+
+    module, meta = load_metatomic(path, extensions_directory)
+    check_module(path, module, meta)
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return LoadedModel(module.eval(), meta, path)
 
 
 def reexport_model(name_or_path: str | Path, output: str | Path) -> ModelMetadata:

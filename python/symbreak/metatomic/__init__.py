@@ -1,0 +1,147 @@
+"""metatomic models in symbreak, both ways.
+
+- Serving any metatomic ``AtomisticModel`` file with symbreak's run-time averaging:
+  :func:`is_metatomic_file` tells one from the file itself, :func:`load_metatomic` loads it
+  (extensions included) and wraps it in the scripted contract
+  (:class:`~symbreak.metatomic.averaged.MetatomicAveraged`), with symbreak metadata filled
+  from the model's capabilities. :func:`symbreak.export.load_model` calls it, so every
+  engine that takes a symbreak model takes a metatomic one.
+- Writing symbreak's PET as a metatomic model: :mod:`symbreak.metatomic.pet`.
+
+metatomic (``metatomic-torch``) is imported only here, when a metatomic file is met: the
+custom TorchScript classes it registers (``System``, ``Labels``…) are needed to load or run
+such a file.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import torch
+
+#: Extra files every metatomic ``AtomisticModel.save`` writes (and symbreak's files lack).
+METATOMIC_MARKERS = ("metatomic-version", "extensions")
+
+
+def _extra_files(path: Path) -> set[str]:
+    """Names of the extra files of a TorchScript archive (empty if not a zip)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return set()
+    return {n.split("/extra/", 1)[1] for n in names if "/extra/" in n}
+
+
+def is_metatomic_file(path: str | Path) -> bool:
+    """Whether ``path`` is a metatomic model file (written by ``AtomisticModel.save``), told
+    from its archive alone: metatomic's extra files and no symbreak ``metadata.json``."""
+    extra = _extra_files(Path(path))
+    return all(m in extra for m in METATOMIC_MARKERS) and "metadata.json" not in extra
+
+
+def _read_extra(path: Path, name: str) -> str:
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.namelist():
+            if member.endswith("/extra/" + name):
+                return archive.read(member).decode()
+    return ""
+
+
+def required_extensions(path: str | Path) -> list[str]:
+    """Names of the TorchScript extensions a metatomic file needs (from its archive)."""
+    text = _read_extra(Path(path), "extensions")
+    try:
+        return [str(e.get("name", e)) for e in json.loads(text or "[]")]
+    except (json.JSONDecodeError, AttributeError):
+        return []
+
+
+def load_atomistic(
+    path: str | Path, extensions_directory: str | Path | None = None
+) -> torch.jit.ScriptModule:
+    """The scripted ``AtomisticModel`` of a metatomic file, its extensions loaded first.
+    ValueError naming the file and what is missing (an extension, an input)."""
+    import metatomic.torch as mta  # registers metatomic's TorchScript classes
+
+    path = Path(path)
+    directory = None if extensions_directory is None else str(extensions_directory)
+    needed = required_extensions(path)
+    try:
+        mta.load_model_extensions(str(path), directory)
+    except RuntimeError as err:
+        where = (
+            f"in the extensions directory '{directory}'"
+            if directory
+            else "installed (give their folder with --extensions DIR, or extensions_directory=)"
+        )
+        raise ValueError(
+            f"'{path}': metatomic model whose TorchScript extension(s) "
+            f"{', '.join(needed) or '(unnamed)'} could not be loaded: not {where}. {err}"
+        ) from err
+    try:
+        mta.check_atomistic_model(str(path))
+        module = torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError as err:
+        hint = " (missing extension? --extensions DIR)" if "Unknown" in str(err) else ""
+        raise ValueError(f"'{path}' is not a loadable metatomic model{hint}: {err}") from err
+    inputs = module.requested_inputs(True)
+    if len(inputs) > 0:
+        raise ValueError(
+            f"'{path}': the model needs inputs symbreak's engines do not give: "
+            f"{', '.join(sorted(inputs))} (only types, positions, cell and neighbour lists)"
+        )
+    return module
+
+
+def load_metatomic(
+    path: str | Path, extensions_directory: str | Path | None = None, output: str = "energy"
+):
+    """A metatomic file as symbreak's ``(scripted MetatomicAveraged, ModelMetadata)``."""
+    from ..contract import CONTRACT_VERSION
+    from ..export import ModelMetadata
+    from .averaged import MetatomicAveraged
+
+    path = Path(path)
+    atomistic = load_atomistic(path, extensions_directory)
+    try:
+        wrapper = MetatomicAveraged(atomistic, output)
+    except ValueError as err:
+        raise ValueError(f"'{path}': {err}") from err
+    module = torch.jit.script(wrapper.eval())
+    capabilities = atomistic.capabilities()
+    metadata = atomistic.metadata()
+    torch_version = _read_extra(path, "torch-version") or torch.__version__
+    config = {
+        "format": "metatomic",
+        "name": metadata.name,
+        "description": metadata.description,
+        "authors": list(metadata.authors),
+        "references": {k: list(v) for k, v in metadata.references.items()},
+        "output": output,
+        "per_atom": bool(module.per_atom),
+        "dtype": str(capabilities.dtype),
+        "length_unit": str(capabilities.length_unit),
+        "energy_unit": str(capabilities.outputs[output].unit),
+        "interaction_range": float(capabilities.engine_interaction_range("angstrom")),
+        "neighbor_lists": [
+            {"cutoff": c, "full_list": f, "strict": bool(o.strict)}
+            for c, f, o in zip(
+                module.nl_cutoffs, module.nl_full, atomistic.requested_neighbor_lists(), strict=True
+            )
+        ],
+        "extensions": required_extensions(path),
+        "extensions_directory": None if extensions_directory is None else str(extensions_directory),
+        "metatomic_version": _read_extra(path, "metatomic-version"),
+    }
+    meta = ModelMetadata(
+        species=[int(z) for z in module.species],
+        cutoff=float(module.cutoff),
+        receptive_field=float(module.receptive_field),
+        torch_version=torch_version.split("+")[0],
+        config=config,
+        contract=CONTRACT_VERSION,
+    )
+    return module, meta
