@@ -320,9 +320,9 @@ class Launcher:
             raise
         finally:
             display.close()
-            stop_code = self._shutdown(code)
-            if code == exit_codes.OK and stop_code:
-                code, message = stop_code, message or "a client failed at the end"
+            stop_code, stop_message = self._shutdown(code)
+            if code == exit_codes.OK and stop_code:  # say what failed, not "i-PI completed"
+                code, message = stop_code, f"{message}, but {stop_message}"
             self._cleanup_sockets()
             self._restore_signals()
             for t in self._switch_threads:
@@ -455,9 +455,9 @@ class Launcher:
         sw.result = replies
 
     # -------------------------------------------------------------- shutdown
-    def _shutdown(self, code: int) -> int:
-        """Stop i-PI (soft exit), then the clients; returns RUN_CLIENT_FAILED if a
-        client failed during a normal end, else 0."""
+    def _shutdown(self, code: int) -> tuple[int, str]:
+        """Stop i-PI (soft exit), then the clients; returns RUN_CLIENT_FAILED and what
+        failed if a client failed during a normal end, else ``(0, "")``."""
         grace = self.opts.grace
         if self.ipi.running():
             self.ipi.signal(signal.SIGTERM, group=False)  # i-PI's soft exit: RESTART, EXIT
@@ -481,8 +481,8 @@ class Launcher:
         if code == exit_codes.OK:
             bad = [c for c in self.clients if c.rc not in (0, None)]
             if bad:
-                return self._failure(bad[0], exit_codes.RUN_CLIENT_FAILED, "failed at the end")[0]
-        return 0
+                return self._failure(bad[0], exit_codes.RUN_CLIENT_FAILED, "failed at the end")
+        return 0, ""
 
     def _cleanup_sockets(self) -> None:
         """Remove the run's socket files (i-PI's and the clients' control sockets)."""
