@@ -880,7 +880,7 @@ void PairSymbreak::compute(int eflag, int vflag) {
   torch::Tensor energy_rot = torch::zeros({1, n_rot}, f64);  // this rank's owned atoms
   // the policy's weights (the same for every draw of a random policy)
   torch::Tensor weights = torch::from_blob(weights_.data(), {n_rot}, f64);
-  torch::Tensor forces, atomic, grad, virial_t, torque_t, forces_std;
+  torch::Tensor forces, atomic, grad, virial_t, torque_t, forces_std, rot_std;
   double energy = 0.0;
   const std::int64_t counter = counter_++;
 
@@ -913,6 +913,7 @@ void PairSymbreak::compute(int eflag, int vflag) {
       virial_t = get("virial");
       torque_t = get("torque");
       forces_std = get("forces_rot_std");
+      rot_std = get("energy_rot_std");
     } catch (const std::exception& err) {
       error->one(FLERR, "pair_style symbreak: model evaluation failed: {}",
                  symbreak::script_error(err));
@@ -925,10 +926,7 @@ void PairSymbreak::compute(int eflag, int vflag) {
 
   // diagnostics: the spread of the per-rotation total energies over all ranks
   if (comm->nprocs == 1) {
-    energy_rot_std_ = n > 0 ? model_->module.get_method("energy_spread")({energy_rot, weights})
-                                  .toTensor()
-                                  .item<double>()
-                            : 0.0;
+    energy_rot_std_ = n > 0 ? rot_std.item<double>() : 0.0;
   } else {
     auto total = torch::zeros({1, n_rot}, f64);
     MPI_Allreduce(energy_rot.data_ptr<double>(), total.data_ptr<double>(), static_cast<int>(n_rot),
