@@ -16,7 +16,7 @@ a half list must be (a half list keeps either direction of each pair).
 """
 
 from pathlib import Path
-from typing import Dict, List  # noqa: UP035 (metatomic checks these annotations)
+from typing import Dict, List, Optional  # noqa: UP035 (metatomic checks these annotations)
 
 import torch
 from metatensor.torch import Labels, TensorBlock, TensorMap
@@ -76,7 +76,7 @@ class RawVectorModel(torch.nn.Module):
         self,
         systems: List[System],  # noqa: UP006
         outputs: Dict[str, ModelOutput],  # noqa: UP006
-        selected_atoms: Labels | None = None,  # noqa: UP007
+        selected_atoms: Optional[Labels] = None,  # noqa: UP045
     ) -> Dict[str, TensorMap]:  # noqa: UP006
         if "energy" not in outputs:
             return {}

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .contract import CONTRACT_VERSION, AveragedModel
+from .metatomic import is_metatomic_file, prepare_wrapped
 from .model import PET, PETConfig
 
 SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
@@ -179,10 +180,9 @@ def load_model(
     in the contract (:mod:`symbreak.metatomic`), its TorchScript extensions loaded from
     ``extensions_directory`` when they are not installed."""
     path = resolve_model_path(name_or_path)
-    from .metatomic import is_metatomic_file
-
     if is_metatomic_file(path):
         return _load_metatomic(path, extensions_directory)
+    prepare_wrapped(path, extensions_directory)  # a contract file around a metatomic model
     module, meta = _read(path)
     running = torch.__version__.split("+")[0]
     if meta.torch_version.split(".")[:2] != running.split(".")[:2]:
@@ -216,12 +216,32 @@ def _load_metatomic(path: Path, extensions_directory: str | Path | None) -> Load
     return LoadedModel(module.eval(), meta, path)
 
 
-def reexport_model(name_or_path: str | Path, output: str | Path) -> ModelMetadata:
+def _wrap_metatomic(
+    path: Path, output: Path, extensions_directory: str | Path | None
+) -> ModelMetadata:
+    """A metatomic file written as a contract file around it (``symbreak export``)."""
+    from .metatomic import load_metatomic, save_wrapped
+
+    module, meta = load_metatomic(path, extensions_directory)
+    if output.resolve() == path.resolve():
+        raise ValueError(f"'{path}': write the wrapped model to another file")
+    tmp = output.with_name(output.name + ".tmp")
+    save_wrapped(module, meta, path, tmp)
+    tmp.replace(output)
+    return meta
+
+
+def reexport_model(
+    name_or_path: str | Path, output: str | Path, extensions_directory: str | Path | None = None
+) -> ModelMetadata:
     """Write a model file again with this version's code: the same weights, buffers and
     metadata (config, training), this torch version. The scripted code, e.g. how
     ``compute`` averages, is frozen inside a file at export; this brings an older file
-    up to date. ``output`` may be the source itself."""
+    up to date. ``output`` may be the source itself. A metatomic model file is written
+    as a contract file around it (for engines that load contract files only: LAMMPS)."""
     path = resolve_model_path(name_or_path)
+    if is_metatomic_file(path):  # the metatomic model wrapped in this version's contract
+        return _wrap_metatomic(path, Path(output), extensions_directory)
     module, meta = _read(path)
     model = rebuild_pet(path, module, meta)
     output = Path(output)
@@ -229,3 +249,23 @@ def reexport_model(name_or_path: str | Path, output: str | Path) -> ModelMetadat
     meta = export_model(model, tmp, meta.config, meta.training)
     tmp.replace(output)  # atomic, and safe when output is the source
     return meta
+
+
+def export_metatomic(
+    name_or_path: str | Path, output: str | Path, dtype: torch.dtype = torch.float64
+) -> Path:
+    """Write a symbreak model file as a metatomic ``AtomisticModel`` at ``output``
+    (:mod:`symbreak.metatomic.pet`: the plain model, energies in eV, float64 by default)."""
+    from .metatomic.pet import save_metatomic
+
+    path = resolve_model_path(name_or_path)
+    if is_metatomic_file(path):
+        raise ValueError(f"'{path}' is a metatomic model already")
+    module, meta = _read(path)
+    model = rebuild_pet(path, module, meta)
+    extra = {"symbreak-config": meta.config, "symbreak-training": meta.training}
+    output = Path(output)
+    tmp = output.with_name(output.name + ".tmp")
+    save_metatomic(model, tmp, name=path.stem, dtype=dtype, extra=extra)
+    tmp.replace(output)
+    return output

@@ -59,16 +59,12 @@ def required_extensions(path: str | Path) -> list[str]:
         return []
 
 
-def load_atomistic(
-    path: str | Path, extensions_directory: str | Path | None = None
-) -> torch.jit.ScriptModule:
-    """The scripted ``AtomisticModel`` of a metatomic file, its extensions loaded first.
-    ValueError naming the file and what is missing (an extension, an input)."""
+def load_extensions(path: str | Path, extensions_directory: str | Path | None = None) -> None:
+    """Load the TorchScript extensions a metatomic file (or a wrapped one) names; ValueError
+    naming the file, the extensions and the ``--extensions`` option otherwise."""
     import metatomic.torch as mta  # registers metatomic's TorchScript classes
 
-    path = Path(path)
     directory = None if extensions_directory is None else str(extensions_directory)
-    needed = required_extensions(path)
     try:
         mta.load_model_extensions(str(path), directory)
     except RuntimeError as err:
@@ -79,8 +75,20 @@ def load_atomistic(
         )
         raise ValueError(
             f"'{path}': metatomic model whose TorchScript extension(s) "
-            f"{', '.join(needed) or '(unnamed)'} could not be loaded: not {where}. {err}"
+            f"{', '.join(required_extensions(path)) or '(unnamed)'} could not be loaded: "
+            f"not {where}. {err}"
         ) from err
+
+
+def load_atomistic(
+    path: str | Path, extensions_directory: str | Path | None = None
+) -> torch.jit.ScriptModule:
+    """The scripted ``AtomisticModel`` of a metatomic file, its extensions loaded first.
+    ValueError naming the file and what is missing (an extension, an input)."""
+    import metatomic.torch as mta
+
+    path = Path(path)
+    load_extensions(path, extensions_directory)
     try:
         mta.check_atomistic_model(str(path))
         module = torch.jit.load(str(path), map_location="cpu")
@@ -145,3 +153,31 @@ def load_metatomic(
         contract=CONTRACT_VERSION,
     )
     return module, meta
+
+
+#: metatomic's extra files that a wrapped file carries over (its extensions, its version).
+CARRIED = ("metatomic-version", "extensions", "extensions-deps", "torch-version")
+
+
+def is_wrapped_metatomic(path: str | Path) -> bool:
+    """Whether ``path`` is a symbreak contract file around a metatomic model
+    (:func:`save_wrapped`): symbreak's ``metadata.json`` and metatomic's version."""
+    extra = _extra_files(Path(path))
+    return "metadata.json" in extra and "metatomic-version" in extra
+
+
+def prepare_wrapped(path: str | Path, extensions_directory: str | Path | None = None) -> None:
+    """Before ``torch.jit.load`` of a wrapped file: metatomic's classes and the model's
+    extensions (nothing for other files)."""
+    if is_wrapped_metatomic(path):
+        load_extensions(path, extensions_directory)
+
+
+def save_wrapped(module: torch.jit.ScriptModule, meta, source: Path, output: Path) -> None:
+    """Write the scripted contract around a metatomic model (:func:`load_metatomic`) as a
+    symbreak model file: ``metadata.json`` and the source's metatomic extra files (so that
+    its extensions are found again). Engines that load it need metatomic's libraries
+    (Python: ``metatomic.torch``; C++: ``libmetatomic_torch``, ``libmetatensor_torch``)."""
+    extra = {"metadata.json": meta.to_json()}
+    extra.update({name: _read_extra(source, name) for name in CARRIED})
+    torch.jit.save(module, str(output), _extra_files=extra)
