@@ -225,9 +225,14 @@ class _DriverThread:
                 done.set()
 
     def close(self) -> None:
-        """Let the thread end after its current call (it is not waited for)."""
+        """End the thread: joined if idle; an abandoned busy call is not waited for."""
         if self._thread is not None:
             self._jobs.put(None)
+            if not self.busy:
+                # joined, so that no thread that ran torch ops is still alive while the
+                # interpreter shuts down (libtorch/OpenMP thread state torn down under a
+                # live thread aborts with "terminate called without an active exception")
+                self._thread.join(timeout=10.0)
 
 
 # --------------------------------------------------------------------------------------
