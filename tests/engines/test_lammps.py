@@ -652,7 +652,13 @@ for c in ["plugin load {plugin}", "units metal", "atom_style atomic", "read_data
 from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
 vector = lmp.extract_compute("pr", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR)
 print("STD", lmp.extract_pair("energy_rot_std"), vector[0],
-      lmp.extract_pair("n_rotations"), lmp.get_thermo("pe"))
+      lmp.extract_pair("n_rotations"), lmp.get_thermo("pe"), lmp.extract_pair("forces_rot_std"))
+try:  # a refused policy leaves the pair style as it was
+    lmp.command("pair_style symbreak {model} average legendre:100")
+except Exception as err:
+    print("REFUSED", str(err).splitlines()[0])
+lmp.command("run 0")
+print("AGAIN", lmp.get_thermo("pe"), lmp.extract_pair("n_rotations"))
 lmp.close()
 """
     proc = subprocess.run(
@@ -665,13 +671,17 @@ lmp.close()
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("STD")][0]
-    std, std_thermo, n_rot, pe = map(float, line.split()[1:])
+    std, std_thermo, n_rot, pe, f_std = map(float, line.split()[1:])
     assert std == pytest.approx(std_thermo, rel=1e-12) and n_rot == 18
     ref = Evaluator(models["f64"], dtype=torch.float64).compute(
         Structure.from_atoms(water()), policy="lebedev:3"
     )[0]
     assert std == pytest.approx(ref.diagnostics["energy_rot_std"], rel=1e-8)
+    assert f_std == pytest.approx(ref.diagnostics["forces_rot_std"], rel=1e-8)
     assert pe == pytest.approx(ref.energy, rel=1e-12)
+    assert "REFUSED" in proc.stdout and "means 3960100 rotations per call" in proc.stdout
+    again = [ln for ln in proc.stdout.splitlines() if ln.startswith("AGAIN")][0].split()
+    assert float(again[1]) == pytest.approx(pe, rel=1e-12) and float(again[2]) == 18
 
 
 # -- errors ------------------------------------------------------------------------------
