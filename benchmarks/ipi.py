@@ -46,10 +46,11 @@ from pathlib import Path
 
 import numpy as np
 
+from symbreak.engines.sockets import IPI_DEFAULT_PREFIX as IPI_PREFIX  # nested <ffsocket>s
+from symbreak.engines.units import HARTREE_IN_EV
+
 from common import export_random_model, water
 
-HARTREE_IN_EV = 27.211386245988  # CODATA 2018, as the client
-IPI_PREFIX = "/tmp/ipi_"  # fixed prefix of an <ffsocket> nested in <ffrotations>
 STEP_RE = re.compile(r"Average timings at MD step\s+(\d+)\. t/step:\s+([-+0-9.eE]+)")
 GRIDS = (("legendre", 2, True), ("lebedev", 3, False))
 

@@ -125,3 +125,16 @@ def test_launcher_modules_define_no_exit_codes_or_socket_constants_of_their_own(
         text = (PACKAGE / "engines" / f"{name}.py").read_text()
         assert "EXIT_" not in text, name
         assert '"/tmp/ipi_"' not in text and "symbreak_ctl_" not in text, name
+
+
+def test_control_refuses_a_bad_policy_before_contacting_anyone(capsys) -> None:
+    """Issue 23: `control --average random --seed -1` replied ok and the run died later."""
+    from symbreak import exit_codes
+    from symbreak.cli import main
+
+    args = ["control", "--address", "no-such-run", "--socket-prefix", "/tmp/sb_none_"]
+    assert main([*args, "--average", "random", "--seed", "-1"]) == exit_codes.USAGE
+    assert "seed must be an integer" in capsys.readouterr().err
+    assert main([*args, "--average", "legendre:100"]) == exit_codes.USAGE
+    assert "+max=3960100" in capsys.readouterr().err
+    assert main([*args, "--average", "lebedev:3"]) == exit_codes.CONTROL_FAILED  # nobody there

@@ -25,6 +25,12 @@ REPRODUCE_FAILED = 2  #: one or more experiments failed (the report says which a
 SERVE_ERROR = 1  #: protocol error, invalid data, or the model failed
 SERVE_CONNECT_FAILED = 2  #: no server came up within the connect timeout
 SERVE_DISCONNECTED = 3  #: the server went away without sending EXIT
+
+# -- symbreak control (change a running client's averaging) --------------------------------
+CONTROL_FAILED = 2  #: no trusted client answered, or a client refused the update
+
+# -- symbreak export ------------------------------------------------------------------------
+EXPORT_FAILED = 2  #: the model file could not be read or written
 SERVE_TIMEOUT = 4  #: the server accepted the connection but sent nothing within --timeout
 
 

@@ -163,12 +163,21 @@ def _control(args) -> int:
         if v is not None
     }
     try:
+        if args.average is not None or args.seed is not None:
+            # refuse a bad policy here, before any client sees it (the grammar's message)
+            from ..rotations import AveragingPolicy
+
+            base = AveragingPolicy.parse(args.average or "none")
+            base.with_options(seed=None if args.seed is None else int(args.seed))
         if args.query or not policy:
             reply = send_control(args.address, args.socket_prefix, query=True)
         else:
             reply = send_control(args.address, args.socket_prefix, wait=args.wait, **policy)
-    except (ControlError, ValueError) as err:
+    except ValueError as err:  # a bad policy text or option
         print(f"symbreak control: {err}", file=sys.stderr)
-        return 1
+        return exit_codes.USAGE
+    except ControlError as err:
+        print(f"symbreak control: {err}", file=sys.stderr)
+        return exit_codes.CONTROL_FAILED
     print(json.dumps(reply, indent=1))
-    return 0 if reply.get("ok") else 1
+    return exit_codes.OK if reply.get("ok") else exit_codes.CONTROL_FAILED

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..evaluator import Evaluator, Structure
 from ..rotations import AveragingPolicy
-from .ipi_client import parse_parameters
+from .ipi_protocol import parse_parameters
 
 _TRUE = {"1", "true", "yes", "on", "t", "y"}
 _FALSE = {"0", "false", "no", "off", "f", "n", ""}
