@@ -50,13 +50,34 @@ def _read_extra(path: Path, name: str) -> str:
     return ""
 
 
+def _extensions(path: str | Path) -> list[dict]:
+    """The TorchScript extensions a metatomic file names: ``{"name", "path"}`` each."""
+    try:
+        entries = json.loads(_read_extra(Path(path), "extensions") or "[]")
+    except json.JSONDecodeError:
+        return []
+    return [e for e in entries if isinstance(e, dict) and "name" in e]
+
+
 def required_extensions(path: str | Path) -> list[str]:
     """Names of the TorchScript extensions a metatomic file needs (from its archive)."""
-    text = _read_extra(Path(path), "extensions")
-    try:
-        return [str(e.get("name", e)) for e in json.loads(text or "[]")]
-    except (json.JSONDecodeError, AttributeError):
+    return [str(e["name"]) for e in _extensions(path)]
+
+
+def _not_loaded(extensions: list[dict]) -> list[str]:
+    """Names of extensions no shared library of this process provides (Linux:
+    /proc/self/maps; elsewhere nothing is reported)."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
         return []
+    loaded = {Path(line.split()[-1]).name for line in maps.read_text().splitlines() if "/" in line}
+    missing = []
+    for extension in extensions:
+        name = str(extension["name"])
+        file = Path(str(extension.get("path", ""))).name
+        if file not in loaded and not any(f.startswith(f"lib{name}.") for f in loaded):
+            missing.append(name)
+    return missing
 
 
 def load_extensions(path: str | Path, extensions_directory: str | Path | None = None) -> None:
@@ -65,19 +86,27 @@ def load_extensions(path: str | Path, extensions_directory: str | Path | None = 
     import metatomic.torch as mta  # registers metatomic's TorchScript classes
 
     directory = None if extensions_directory is None else str(extensions_directory)
+    where = (
+        f"in the extensions directory '{directory}'"
+        if directory
+        else "installed (give their folder with --extensions DIR, or extensions_directory=)"
+    )
     try:
+        # metatomic only warns (on stderr) about an extension it cannot find; the model
+        # would then fail later, or compute without it: refuse it here, by name.
         mta.load_model_extensions(str(path), directory)
     except RuntimeError as err:
-        where = (
-            f"in the extensions directory '{directory}'"
-            if directory
-            else "installed (give their folder with --extensions DIR, or extensions_directory=)"
-        )
+        missing = ", ".join(required_extensions(path)) or "(unnamed)"
         raise ValueError(
-            f"'{path}': metatomic model whose TorchScript extension(s) "
-            f"{', '.join(required_extensions(path)) or '(unnamed)'} could not be loaded: "
-            f"not {where}. {err}"
+            f"'{path}': the metatomic model's TorchScript extension(s) {missing} could not "
+            f"be loaded: not {where}. {err}"
         ) from err
+    missing = _not_loaded(_extensions(path))
+    if missing:
+        raise ValueError(
+            f"'{path}': the metatomic model needs the TorchScript extension(s) "
+            f"{', '.join(missing)}, which could not be loaded: not {where}"
+        )
 
 
 def load_atomistic(
