@@ -99,6 +99,9 @@ class Evaluator:
     ``workers``: rotation groups evaluated in parallel threads, each with
     ``torch.get_num_threads() // workers`` intra-op threads (None: as many as torch has
     threads, while the rotated edges in flight fit the edge budget; 1: sequential).
+    ``extensions_directory``: where a metatomic model's TorchScript extensions are, when
+    they are not installed (symbreak models and metatomic files are told apart by
+    :func:`~symbreak.export.load_model`).
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class Evaluator:
         rotation_batch: int | None = None,
         dtype: torch.dtype | None = None,
         workers: int | None = None,
+        extensions_directory: str | Path | None = None,
     ):
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             raise ValueError(
@@ -120,7 +124,9 @@ class Evaluator:
                 "rotation_batch must be an integer >= 1 or None (automatic), "
                 f"not {rotation_batch!r}"
             )
-        self.model = model if isinstance(model, LoadedModel) else load_model(model)
+        if not isinstance(model, LoadedModel):
+            model = load_model(model, extensions_directory)
+        self.model = model
         self.module = self.model.module
         if dtype is None:  # the model's own precision
             first = next(self.module.parameters(), None)
@@ -303,8 +309,11 @@ def _pack(structures: Sequence[Structure], graphs: list[Graph]) -> dict[str, tor
 
 
 def _cell(s: Structure) -> np.ndarray:
-    """The cell [1, 3, 3] (zeros for none: its shifts are all zero)."""
-    cell = np.zeros((3, 3)) if s.cell is None else np.asarray(s.cell, dtype=np.float64)
+    """The cell [1, 3, 3], with zero rows along non-periodic directions (where every shift
+    is zero): what metatomic models read as "not periodic" (see symbreak.metatomic)."""
+    cell = np.zeros((3, 3)) if s.cell is None else np.array(s.cell, dtype=np.float64)
+    cell = cell.reshape(3, 3)
+    cell[~np.broadcast_to(np.asarray(s.pbc, dtype=bool), (3,))] = 0.0
     return cell.reshape(1, 3, 3)
 
 

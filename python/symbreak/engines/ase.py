@@ -59,6 +59,7 @@ class SymbreakCalculator(Calculator):
     model call (None: automatic); ``workers``: rotation groups evaluated in parallel
     threads (None: automatic, see :class:`Evaluator`). ``dtype``: torch.float32 or
     torch.float64 (None: the precision of the model file, float32 for the shipped models).
+    ``extensions_directory``: a metatomic model's TorchScript extensions, if not installed.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -72,6 +73,7 @@ class SymbreakCalculator(Calculator):
         rotation_batch: int | None = None,
         dtype: torch.dtype | None = None,
         workers: int | None = None,
+        extensions_directory: str | Path | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -91,7 +93,11 @@ class SymbreakCalculator(Calculator):
             self.evaluator = model
         else:
             self.evaluator = Evaluator(
-                model, rotation_batch=rotation_batch, dtype=dtype, workers=workers
+                model,
+                rotation_batch=rotation_batch,
+                dtype=dtype,
+                workers=workers,
+                extensions_directory=extensions_directory,
             )
 
     def set_average(

@@ -42,8 +42,23 @@ def register(subparsers) -> None:
         default=DEFAULT_PREFIX,
         help=f"i-PI sockets_prefix / -S: socket = PREFIX + ADDRESS (default {DEFAULT_PREFIX})",
     )
-    p.add_argument("--average", default="none", help="none | random | legendre:L | lebedev:L")
-    p.add_argument("--inversion", action="store_true", help="add the inversion (O(3))")
+    p.add_argument(
+        "--average",
+        default="none",
+        help="averaging policy: none | random | legendre:L | lebedev:L, options +inv, "
+        "+seed=N, +max=N (e.g. lebedev:3+inv)",
+    )
+    p.add_argument(
+        "--inversion",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add (--inversion) or remove (--no-inversion) the inversion; default: as --average",
+    )
+    p.add_argument(
+        "--extensions",
+        metavar="DIR",
+        help="folder of a metatomic model's TorchScript extensions (if not installed)",
+    )
     p.add_argument("--seed", type=int, help="seed of the random rotations")
     p.add_argument("--rotation-batch", type=int, help="rotations per model call (memory bound)")
     p.add_argument(
@@ -125,6 +140,7 @@ def _serve(args) -> int:
             rotation_batch=args.rotation_batch,
             workers=args.workers,
             pbc=not args.no_pbc,
+            extensions_directory=args.extensions,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"symbreak serve: {err}", file=sys.stderr)

@@ -74,16 +74,20 @@ class SymbreakDriver:
         template: str | Path | None = None,
         species: Sequence | None = None,
         average: str = "none",
-        inversion: bool = False,
+        inversion: bool | None = None,
         seed: int | None = None,
         rotation_batch: int | None = None,
         pbc: bool = True,
         evaluator: Evaluator | None = None,
         workers: int | None = None,
+        extensions_directory: str | Path | None = None,
     ):
         self.numbers = read_species(template, species)
         self.evaluator = evaluator or Evaluator(
-            model, rotation_batch=rotation_batch, workers=workers
+            model,
+            rotation_batch=rotation_batch,
+            workers=workers,
+            extensions_directory=extensions_directory,
         )
         self.pbc = bool(pbc)
         self._lock = threading.Lock()

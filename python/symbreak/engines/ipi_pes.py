@@ -12,7 +12,9 @@ or with i-PI's Python driver over a socket::
 
     i-pi-py_driver -m custom -P /path/to/ipi_pes.py -o template=init.xyz,average=lebedev:3
 
-Options: ``model``, ``template`` (or ``species``), ``average``, ``inversion``, ``seed``,
+Options: ``model`` (a shipped name, a symbreak or a metatomic model file),
+``extensions_directory`` (a metatomic model's extensions), ``template`` (or ``species``),
+``average`` (the policy text, e.g. ``lebedev:3+inv``), ``inversion``, ``seed``,
 ``rotation_batch``, ``workers``, ``pbc``, ``control`` (an address: opens the run-time
 control channel used by ``symbreak control --address``), ``sockets_prefix`` (of that
 channel). i-PI works in atomic units with cells as columns; this file converts to and from

@@ -18,7 +18,16 @@ from .launcher import Launcher, LaunchError, LaunchOptions, Switch
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``symbreak run`` (one per field of :class:`LaunchOptions`)."""
     p.add_argument("input", help="i-PI XML input with one or more <ffsocket>")
-    p.add_argument("--model", default="water-revpbe0d3", help="shipped model name or file")
+    p.add_argument(
+        "--model",
+        default="water-revpbe0d3",
+        help="shipped model name, symbreak model file or metatomic model file",
+    )
+    p.add_argument(
+        "--extensions",
+        metavar="DIR",
+        help="folder of a metatomic model's TorchScript extensions (passed to the clients)",
+    )
     p.add_argument("--clients", type=int, default=1, help="clients per <ffsocket> (0: start none)")
     p.add_argument("--timeout", type=float, help="stop everything after this many seconds")
     p.add_argument(
@@ -102,7 +111,7 @@ def options_from_args(args: argparse.Namespace) -> LaunchOptions:
         progress=args.progress,
         progress_interval=args.progress_interval,
         dry_run=args.dry_run,
-        client_args=_average_args(args.average),
+        client_args=_average_args(args.average) + _extensions_args(args.extensions),
     )
     opts.validate()
     return opts
@@ -114,9 +123,18 @@ def _average_args(spec: str | None) -> list[str]:
         return []
     from ..rotations import AveragingPolicy
 
-    policy = AveragingPolicy.parse(spec)
-    out = ["--average", policy.spec] + (["--inversion"] if policy.inversion else [])
-    return out + (["--seed", str(policy.seed)] if policy.seed is not None else [])
+    return ["--average", str(AveragingPolicy.parse(spec))]  # the one grammar's text
+
+
+def _extensions_args(directory: str | None) -> list[str]:
+    """``symbreak serve`` options for ``--extensions DIR`` (an absolute path: the clients
+    run in the run directory)."""
+    if not directory:
+        return []
+    path = Path(directory).resolve()
+    if not path.is_dir():
+        raise LaunchError(f"--extensions {directory}: no such directory")
+    return ["--extensions", str(path)]
 
 
 def _run(args: argparse.Namespace) -> int:
