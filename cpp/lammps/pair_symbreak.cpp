@@ -18,6 +18,14 @@
 //     n_layers away. Only the owned atoms' energies count (`selected`); forces on ghosts go
 //     home by LAMMPS's reverse communication (newton pair on).
 //
+// metatomic models: a contract file around one (`symbreak export MODEL.pt --output W.pt`,
+// symbreak.metatomic.averaged.MetatomicAveraged) is served like the PET: its cutoff (the
+// largest neighbour list it requests) and receptive field (its interaction range) are the
+// file's attributes, owned atoms are `selected`; in ghosts mode every edge between two
+// atoms the model sees is given (as metatomic's engines do), not only those the hops need.
+// Its metatomic/metatensor TorchScript classes come from the libraries linked in
+// (model_file.cpp); a raw metatomic file is refused with the command that wraps it.
+//
 // Virial: the file's (symmetric part of -sum_e r_e (x) dE/dr_e over this rank's edges; LAMMPS
 // sums the ranks). f.r (virial_fdotr_compute) would keep one off-diagonal of the
 // unsymmetrised tensor, so it is not used. Per-atom virial: each edge's symmetrised
@@ -50,6 +58,7 @@
 #include "force.h"
 #include "json.h"
 #include "memory.h"
+#include "model_file.h"
 #include "neigh_list.h"
 #include "neighbor.h"
 #include "update.h"
@@ -80,6 +89,8 @@ struct Model {
   int n_layers = 1;
   std::string torch_version;
   torch::Dtype dtype = torch::kFloat32;
+  bool metatomic = false;      // a contract file around a metatomic model
+  std::string metatomic_name;  // its name (metadata.json config.name)
 };
 
 namespace {
@@ -206,7 +217,7 @@ std::string reexport_hint(const std::string& path) {
 }
 
 std::shared_ptr<Model> load_model(const std::string& path, const std::string& dtype_request,
-                                  bool& from_cache) {
+                                  const std::string& extensions_directory, bool& from_cache) {
   const std::string key = file_key(path) + "|" + dtype_request;
   auto& cache = model_cache();
   const auto found = cache.find(key);
@@ -218,13 +229,39 @@ std::shared_ptr<Model> load_model(const std::string& path, const std::string& dt
 
   auto model = std::make_shared<Model>();
   model->path = path;
+  // A metatomic file: refused with the command that wraps it (the wrapper is Python), or,
+  // wrapped, its extensions loaded first. Told from the archive's extra files.
+  std::string recorded_extensions;
+  switch (classify_model_file(path)) {
+    case FileKind::RawMetatomic:
+      throw std::runtime_error(raw_metatomic_message(path));
+    case FileKind::WrappedMetatomic:
+      model->metatomic = true;
+      try {
+        const auto meta = json::parse(read_extra_file(path, "metadata.json"));
+        const auto& config = meta.at("config");
+        if (config.contains("name") && config.at("name").is_string())
+          model->metatomic_name = config.at("name").get<std::string>();
+        if (config.contains("extensions_directory") &&
+            config.at("extensions_directory").is_string())
+          recorded_extensions = config.at("extensions_directory").get<std::string>();
+      } catch (const std::exception&) {
+        // a corrupt metadata.json is reported below, after loading
+      }
+      prepare_metatomic(path, extensions_directory, recorded_extensions);
+      break;
+    case FileKind::Symbreak:
+      break;
+  }
   torch::jit::ExtraFilesMap extra{{"metadata.json", ""}};
   try {
     model->module = torch::jit::load(path, torch::kCPU, extra);
   } catch (const std::exception& err) {
     std::string what = err.what();
     what = what.substr(0, what.find('\n'));
-    throw std::runtime_error("'" + path + "' is not a readable symbreak model file: " + what);
+    throw std::runtime_error(
+        "'" + path + "' is not a readable symbreak model file: " + what +
+        (model->metatomic ? " (a metatomic model: " + metatomic_versions() + ")" : ""));
   }
   if (extra["metadata.json"].empty())
     throw std::runtime_error("'" + path + "' has no metadata.json: not a symbreak model file");
@@ -298,7 +335,10 @@ std::shared_ptr<Model> load_model(const std::string& path, const std::string& dt
     throw std::runtime_error("'" + path + "': corrupt model (cutoff " +
                              std::to_string(model->cutoff) + ", receptive field " +
                              std::to_string(model->receptive_field) + ")");
-  model->n_layers = static_cast<int>(std::lround(model->receptive_field / model->cutoff));
+  // hops of cutoff length that span the receptive field (layers x cutoff for the PET; a
+  // metatomic model's interaction range need not be a multiple of its cutoff)
+  model->n_layers =
+      std::max(1, static_cast<int>(std::ceil(model->receptive_field / model->cutoff - 1e-6)));
 
   module.eval();
   for (const auto& p : module.parameters()) {
@@ -407,6 +447,7 @@ void PairSymbreak::settings(int narg, char** arg) {
   long long seed = symbreak::kNoSeed;  // as the policy text says
   int rotation_batch = 0;
   std::string dtype = "auto";
+  std::string extensions;  // a metatomic model's TorchScript extensions directory
   Mode mode = Mode::Auto;
   for (int i = 1; i < narg; i += 2) {
     const std::string key = arg[i];
@@ -433,6 +474,8 @@ void PairSymbreak::settings(int narg, char** arg) {
       if (value != "float32" && value != "float64")
         error->all(FLERR, "pair_style symbreak: dtype must be float32 or float64, not '{}'", value);
       dtype = value;
+    } else if (key == "extensions") {
+      extensions = value;
     } else if (key == "mode") {
       if (value == "auto")
         mode = Mode::Auto;
@@ -446,7 +489,7 @@ void PairSymbreak::settings(int narg, char** arg) {
     } else {
       error->all(FLERR,
                  "pair_style symbreak: unknown keyword '{}' (valid: average, inversion, seed, "
-                 "rotation_batch, dtype, mode)",
+                 "rotation_batch, dtype, mode, extensions)",
                  key);
     }
   }
@@ -454,7 +497,8 @@ void PairSymbreak::settings(int narg, char** arg) {
   std::shared_ptr<symbreak::Model> model;
   bool from_cache = false;
   try {
-    model = symbreak::load_model(symbreak::resolve_model_path(arg[0]), dtype, from_cache);
+    model =
+        symbreak::load_model(symbreak::resolve_model_path(arg[0]), dtype, extensions, from_cache);
   } catch (const std::exception& err) {
     error->all(FLERR, "pair_style symbreak: {}", err.what());
   }
@@ -495,6 +539,14 @@ void PairSymbreak::settings(int narg, char** arg) {
         model_->dtype == torch::kFloat64 ? "float64" : "float32", species, model_->cutoff,
         model_->receptive_field, policy_, n_rotations_,
         seed_defaulted ? " (the default seed: every rank draws the same rotations)" : "");
+    if (model_->metatomic)
+      utils::logmesg(lmp,
+                     "pair_style symbreak: a metatomic model{} ({}), served through symbreak's "
+                     "contract; the per-atom virial (compute stress/atom) is built from its edge "
+                     "gradients, which assumes that the model reads the geometry only through "
+                     "its neighbour lists (energy, forces and virial are exact in any case)\n",
+                     model_->metatomic_name.empty() ? "" : " '" + model_->metatomic_name + "'",
+                     symbreak::metatomic_versions());
   }
 }
 
@@ -704,7 +756,9 @@ void PairSymbreak::build_graph_images() {
 }
 
 // Several ranks: owned atoms, then the ghosts within n_layers edges of an owned atom (breadth
-// first), with every edge of the atoms within n_layers - 1 edges and its reverse.
+// first), with every edge of the atoms within n_layers - 1 edges and its reverse. A metatomic
+// model also gets the edges between two atoms n_layers away (all pairs of the atoms it sees,
+// as metatomic's engines give: a model may combine its neighbours' own pairs).
 void PairSymbreak::build_graph_ghosts() {
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
@@ -712,6 +766,7 @@ void PairSymbreak::build_graph_ghosts() {
   const int* type = atom->type;
   const double rc2 = model_->cutoff * model_->cutoff;
   const int layers = model_->n_layers;
+  const bool all_pairs = model_->metatomic;
   if (!list->ghost) error->all(FLERR, "pair_style symbreak: internal error, no ghost neighbours");
 
   hop_.assign(nall, -1);
@@ -729,14 +784,17 @@ void PairSymbreak::build_graph_ghosts() {
   vectors_.clear();
   row_begin_.clear();
   row_end_.clear();
-  // Model atoms are processed in order; those with hop < layers get all their edges.
+  // Model atoms are processed in order (breadth first: every atom at n_layers hops is known
+  // before the first of them is processed); those with hop < layers get all their edges,
+  // those at n_layers hops (all_pairs) their edges to model atoms.
   for (size_t m = 0; m < lmp_of_.size(); ++m) {
     const int a = lmp_of_[m];
     row_begin_.push_back(static_cast<std::int64_t>(centers_.size()));
-    if (hop_[a] < layers) {
+    if (hop_[a] < layers || all_pairs) {
       const int* jlist = list->firstneigh[a];
       for (int jj = 0; jj < list->numneigh[a]; ++jj) {
         const int j = jlist[jj] & NEIGHMASK;
+        if (hop_[j] < 0 && hop_[a] >= layers) continue;  // beyond the model's atoms
         const double d[3] = {x[j][0] - x[a][0], x[j][1] - x[a][1], x[j][2] - x[a][2]};
         if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] >= rc2) continue;
         check_distance(a, j, d);
@@ -761,11 +819,12 @@ void PairSymbreak::build_graph_ghosts() {
     for (int c = 0; c < 3; ++c) positions_[3 * m + c] = x[lmp_of_[m]][c];
   }
 
-  // Atoms at n_layers hops have no rows: give them the reverses of the edges that reach them
-  // (-d is exactly x_a - x_j). Their own outputs never reach an owned atom's energy.
+  // Atoms at n_layers hops have no rows (unless all_pairs): give them the reverses of the
+  // edges that reach them (-d is exactly x_a - x_j). Their own outputs never reach an owned
+  // atom's energy.
   const size_t n_row_edges = centers_.size();
   reverse_.assign(n_row_edges, -1);
-  for (size_t e = 0; e < n_row_edges; ++e) {
+  for (size_t e = 0; e < n_row_edges && !all_pairs; ++e) {
     if (hop_[neighbor_lmp_[e]] < layers) continue;
     reverse_[e] = static_cast<std::int64_t>(centers_.size());
     reverse_.push_back(static_cast<std::int64_t>(e));
@@ -889,14 +948,18 @@ void PairSymbreak::compute(int eflag, int vflag) {
       torch::AutoGradMode grad_mode(true);
       torch::jit::GraphOptimizerEnabledGuard optimize(symbreak::kJitOptimize);
       const double* h = domain->h;  // rows: (xprd,0,0), (xy,yprd,0), (xz,yz,zprd)
-      const double cell[9] = {h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]};
+      double cell[9] = {h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]};
+      // a row of zeros is a non-periodic direction (as the Python evaluator gives it; a
+      // metatomic System's pbc); no edge has a shift along it
+      for (int r = 0; r < 3; ++r)
+        if (!domain->periodicity[r]) cell[3 * r] = cell[3 * r + 1] = cell[3 * r + 2] = 0.0;
       auto selected = torch::arange(n, i64) < nlocal;
       auto out = model_->module
                      .get_method("compute")(
                          {torch::from_blob(numbers_.data(), {n}, i64),
                           torch::from_blob(positions_.data(), {n, 3}, f64),
-                          torch::from_blob(const_cast<double*>(cell), {1, 3, 3}, f64),
-                          torch::zeros({n}, i64), torch::from_blob(centers_.data(), {n_edges}, i64),
+                          torch::from_blob(cell, {1, 3, 3}, f64), torch::zeros({n}, i64),
+                          torch::from_blob(centers_.data(), {n_edges}, i64),
                           torch::from_blob(neighbors_.data(), {n_edges}, i64),
                           torch::from_blob(shifts_.data(), {n_edges, 3}, i64),
                           torch::from_blob(reverse_.data(), {n_edges}, i64), selected, policy_,
