@@ -1,0 +1,196 @@
+"""LAMMPS plugin (pair_style symbreak) with a metatomic model, against the Python evaluator.
+
+A metatomic ``AtomisticModel`` file cannot be scripted in C++ (its wrapper,
+:class:`symbreak.metatomic.averaged.MetatomicAveraged`, is Python): ``symbreak export MODEL.pt
+--output W.pt`` writes the scripted wrapper once, and the plugin loads W.pt with the
+metatomic and metatensor C++ libraries of the metatomic-torch wheel linked in (their
+TorchScript classes, the model's extensions). The model is the raw-vector test model of
+``tests/metatomic_models.py`` (not equivariant, float64, a full and a half neighbour list).
+The reference is :class:`symbreak.evaluator.Evaluator` on the same wrapped file, on the
+positions and cell LAMMPS used; LAMMPS runs on one rank (mode images and mode ghosts) and on
+two ranks (ghosts), every run bounded in time (see test_lammps.run_lammps).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from metatomic_models import save_model
+from test_lammps import (
+    assert_matches,
+    differences,
+    evaluate,
+    reference,
+    rel,
+    run_lammps,
+    water,
+    water_triclinic,
+    write_data,
+)
+
+from symbreak.engines import lammps as sb_lammps
+from symbreak.export import reexport_model
+
+#: The issue's bar for LAMMPS = Python with a metatomic model (float64, relative).
+BAR = 1e-8
+
+
+@pytest.fixture(scope="module")
+def plugin() -> Path:
+    try:
+        return sb_lammps.plugin_path()
+    except FileNotFoundError as err:
+        pytest.fail(f"the LAMMPS plugin is a required part of symbreak: {err}")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """'raw': the metatomic test model as metatomic writes it (float64); 'wrapped': the same
+    model as a symbreak contract file (symbreak export); 'no_extension': the wrapped file
+    naming a TorchScript extension that exists nowhere."""
+    d = tmp_path_factory.mktemp("metatomic")
+    raw = save_model(d / "raw.pt", species=(1, 8), dtype=torch.float64)
+    wrapped = d / "wrapped.pt"
+    reexport_model(raw, wrapped)
+    broken = d / "no_extension.pt"
+    with zipfile.ZipFile(wrapped) as src, zipfile.ZipFile(broken, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("/extra/extensions"):
+                data = json.dumps([{"name": "made_up_ext", "path": "/nowhere/libmade_up_ext.so"}])
+            dst.writestr(item, data)
+    return {"raw": raw, "wrapped": wrapped, "no_extension": broken}
+
+
+AGREEMENT = [
+    # pair_style average, evaluator policy, K
+    ("average none", "none", 1),
+    ("average lebedev:3+inv", "lebedev:3+inv", 36),
+]
+
+
+@pytest.mark.parametrize("options,policy,n_rot", AGREEMENT, ids=[a[1] for a in AGREEMENT])
+def test_one_and_two_ranks_match_python(tmp_path, plugin, models, options, policy, n_rot):
+    """Triclinic water (192 atoms), float64: one rank (mode images, mode ghosts) and two ranks
+    give the Python evaluator's energy, forces and virial to 1e-8 (relative), and its per-atom
+    energies, torque and spreads (test_lammps.assert_matches, float64). Prints the
+    differences."""
+    model = models["wrapped"]
+    atoms = water_triclinic()
+    runs = {
+        "1 rank, images": evaluate(tmp_path / "a", plugin, atoms, f"{model} {options}"),
+        "1 rank, ghosts": evaluate(tmp_path / "b", plugin, atoms, f"{model} {options} mode ghosts"),
+        "2 ranks": evaluate(tmp_path / "c", plugin, atoms, f"{model} {options}", nprocs=2),
+    }
+    base = runs["1 rank, images"]
+    ref = reference(model, policy, torch.float64, base)
+    for name, res in runs.items():
+        diff = differences(res, ref)
+        print(f"{policy:>14} {name:<15} " + " ".join(f"{k} {v:.1e}" for k, v in diff.items()))
+        for key in ("energy", "forces", "virial", "atomic"):
+            assert diff[key] < BAR, (name, key, diff)
+        assert_matches(res, ref, "float64", n_rot)
+        # the per-atom virial (from the file's edge gradients) adds up to the virial
+        assert rel(res.virial_atoms, res.virial) < BAR, name
+        assert rel(res.forces, base.forces) < BAR, name
+    assert "pair_style symbreak: a metatomic model 'raw-vector test model'" in base.log
+    assert "metatomic-torch 0.1.19" in base.log
+    assert "reads the geometry only through its neighbour lists" in base.log
+    assert f"average {policy} ({n_rot} rotations per step)" in base.log
+    assert re.search(r"Nlocal: +96 ave", runs["2 ranks"].log)  # the atoms are split
+    if n_rot > 1:
+        assert base.rot_std > 1e-4  # the test model is not invariant: averaging is tested
+
+
+def test_switch_averaging_keeps_the_model(tmp_path, plugin, models):
+    """A new pair_style between runs changes the averaging of the loaded (cached) model."""
+    data = write_data(water(), tmp_path / "system.data")
+    script = f"""
+plugin load {plugin}
+units metal
+atom_style atomic
+read_data {data}
+pair_style symbreak {models["wrapped"]}
+pair_coeff * * O H
+compute pr all pair symbreak
+thermo_style custom step pe c_pr[1] c_pr[2]
+run 0
+pair_style symbreak {models["wrapped"]} average legendre:2+inv
+pair_coeff * * O H
+run 0
+"""
+    log = run_lammps(tmp_path, script).stdout
+    assert "ERROR" not in log, log[-3000:]
+    assert "pair_style symbreak: loaded model" in log
+    assert "pair_style symbreak: cached model" in log
+    assert "average legendre:2+inv (36 rotations per step)" in log
+
+
+def _error_of(tmp_path: Path, plugin: Path, pair_style: str) -> str:
+    data = write_data(water(), tmp_path / "system.data")
+    script = f"""
+plugin load {plugin}
+units metal
+atom_style atomic
+read_data {data}
+pair_style symbreak {pair_style}
+pair_coeff * * O H
+run 0
+"""
+    result = run_lammps(tmp_path, script)
+    assert result.returncode != 0, result.stdout[-2000:]
+    errors = [ln for ln in result.stdout.splitlines() if "ERROR" in ln]
+    assert errors, result.stdout[-2000:]
+    assert "Traceback" not in result.stdout and "TorchScript interpreter" not in result.stdout
+    return errors[0]
+
+
+def test_raw_metatomic_file_is_refused_with_the_command(tmp_path, plugin, models):
+    error = _error_of(tmp_path, plugin, f"{models['raw']} average lebedev:3")
+    expected = (
+        f"'{models['raw']}' is a metatomic model: wrap it once with `symbreak export "
+        f"{models['raw']} --output W.pt` (keeps its extensions"
+    )
+    assert expected in error, error
+    assert "and load W.pt" in error
+
+
+@pytest.mark.parametrize("directory", [None, "/nowhere/extensions"], ids=["installed", "dir"])
+def test_missing_extension_is_named(tmp_path, plugin, models, directory):
+    options = "" if directory is None else f" extensions {directory}"
+    error = _error_of(tmp_path, plugin, f"{models['no_extension']}{options}")
+    assert "made_up_ext" in error, error
+    assert "could not be loaded" in error, error
+    if directory is None:
+        assert "extensions DIR" in error, error
+    else:
+        assert f"in the extensions directory '{directory}'" in error, error
+
+
+def test_plugin_finds_metatomic_libraries_by_its_own_runpath(plugin):
+    """The installed plugin names metatomic's and metatensor's libraries itself (RUNPATH
+    relative to site-packages): lmp needs no LD_LIBRARY_PATH for them (run_lammps gives it
+    only the MPI folder), and libmetatomic_torch's own RUNPATH misses libmetatensor_torch."""
+    dynamic = plugin.read_bytes()
+    for name in (b"libmetatomic_torch.so", b"libmetatensor_torch.so"):
+        assert name in dynamic
+    runpath = re.search(rb"\$ORIGIN/\.\./\.\./torch/lib[^\x00]*", dynamic)
+    assert runpath, "no RUNPATH to torch/lib"
+    entries = runpath.group().decode().split(":")
+    site = plugin.parent.parent.parent
+    for entry in entries:
+        folder = Path(entry.replace("$ORIGIN", str(plugin.parent))).resolve()
+        assert folder.is_dir() and site in folder.parents, entry
+    assert any(
+        (Path(e.replace("$ORIGIN", str(plugin.parent))))
+        .joinpath("libmetatensor_torch.so")
+        .is_file()
+        for e in entries
+    ), entries
+    np.testing.assert_equal(len(entries), 4)
