@@ -18,7 +18,6 @@ import re
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from metatomic_models import save_model
@@ -72,6 +71,7 @@ AGREEMENT = [
     # pair_style average, evaluator policy, K
     ("average none", "none", 1),
     ("average lebedev:3+inv", "lebedev:3+inv", 36),
+    ("average random+seed=3", "random+seed=3", 1),  # the first draw of seed 3 on every rank
 ]
 
 
@@ -182,15 +182,11 @@ def test_plugin_finds_metatomic_libraries_by_its_own_runpath(plugin):
         assert name in dynamic
     runpath = re.search(rb"\$ORIGIN/\.\./\.\./torch/lib[^\x00]*", dynamic)
     assert runpath, "no RUNPATH to torch/lib"
-    entries = runpath.group().decode().split(":")
-    site = plugin.parent.parent.parent
-    for entry in entries:
-        folder = Path(entry.replace("$ORIGIN", str(plugin.parent))).resolve()
-        assert folder.is_dir() and site in folder.parents, entry
-    assert any(
-        (Path(e.replace("$ORIGIN", str(plugin.parent))))
-        .joinpath("libmetatensor_torch.so")
-        .is_file()
-        for e in entries
-    ), entries
-    np.testing.assert_equal(len(entries), 4)
+    site = plugin.parent.parent.parent  # site-packages/symbreak/lib/symbreakplugin.so
+    folders = [
+        Path(entry.replace("$ORIGIN", str(plugin.parent))).resolve()
+        for entry in runpath.group().decode().split(":")
+    ]
+    assert all(f.is_dir() and site in f.parents for f in folders), folders
+    for library in ("libtorch.so", "libmetatomic_torch.so", "libmetatensor_torch.so"):
+        assert any((f / library).is_file() for f in folders), (library, folders)
