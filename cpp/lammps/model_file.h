@@ -1,15 +1,65 @@
-// What kind of model file pair_style symbreak was given, and what a contract file around a
-// metatomic model needs before torch::jit::load: metatomic's and metatensor's TorchScript
-// classes (registered by linking libmetatomic_torch / libmetatensor_torch, see
-// CMakeLists.txt) and the model's TorchScript extensions.
+// The model file side of pair_style symbreak, behind one entry point, load_model: where a
+// model name points (a file, or a model shipped in the package), what kind of file it is,
+// what a contract file around a metatomic model needs before torch::jit::load (metatomic's
+// and metatensor's TorchScript classes, registered by linking libmetatomic_torch /
+// libmetatensor_torch, see CMakeLists.txt, and the model's TorchScript extensions), the
+// contract and metadata checks, the dtype, and the cache of loaded models. No LAMMPS state:
+// errors are std::runtime_error, whose message the pair style reports as it is.
 
 #ifndef SYMBREAK_MODEL_FILE_H
 #define SYMBREAK_MODEL_FILE_H
 
-#include <map>
+#include <torch/script.h>
+
+#include <exception>
+#include <memory>
 #include <string>
+#include <vector>
 
 namespace symbreak {
+
+//! A loaded model file: the TorchScript module (eval mode, parameters without gradients, in
+//! `dtype`) and the contract attributes the pair style needs (checked against metadata.json).
+struct Model {
+  torch::jit::Module module;
+  std::string path;
+  std::vector<int> species;    // atomic numbers
+  std::vector<double> masses;  // standard masses of the species (amu)
+  double cutoff = 0.0;
+  double receptive_field = 0.0;
+  double min_distance = 0.0;
+  int n_layers = 1;  // hops of cutoff length that span the receptive field
+  std::string torch_version;
+  torch::Dtype dtype = torch::kFloat32;
+  bool metatomic = false;      // a contract file around a metatomic model
+  std::string metatomic_name;  // its name (metadata.json config.name)
+};
+
+//! The file `arg` names: itself if it is a file, else the model shipped in the package
+//! (symbreak/models/ARG.pt). Throws std::runtime_error listing the shipped models.
+std::string resolve_model_path(const std::string& arg);
+
+//! The model in the file `path` (from resolve_model_path), loaded and checked: a metatomic
+//! file refused (raw) or prepared (wrapped, its extensions from `extensions_directory` when
+//! not empty), the torch version, the contract version and entry points, metadata.json
+//! against the module's attributes. `dtype_request` is "auto" (as the file holds),
+//! "float64" (converted) or "float32" (a float64 file is refused). Models are cached for the
+//! life of the process, keyed by the file (real path, size, mtime) and `dtype_request`;
+//! `from_cache` says whether this one was. Throws std::runtime_error with the message to show.
+std::shared_ptr<Model> load_model(const std::string& path, const std::string& dtype_request,
+                                  const std::string& extensions_directory, bool& from_cache);
+
+//! The atomic number of an element symbol ("O" -> 8), -1 if it is none.
+int atomic_number(const std::string& symbol);
+
+//! The symbol of atomic number z ("Z=n" outside the periodic table).
+std::string element_symbol(int z);
+
+//! The message of an error from the model file's code: for an exception raised in its
+//! TorchScript code, the line "builtins.ValueError: MESSAGE" without the interpreter's
+//! traceback (a ValueError as MESSAGE alone, others as "KindError: MESSAGE"); otherwise the
+//! first line.
+std::string script_error(const std::exception& err);
 
 enum class FileKind {
   Symbreak,          // symbreak's metadata.json (or unreadable: torch::jit::load says why)

@@ -26,6 +26,9 @@
 // Its metatomic/metatensor TorchScript classes come from the libraries linked in
 // (model_file.cpp); a raw metatomic file is refused with the command that wraps it.
 //
+// Reading the file (shipped-model names, the contract and metadata checks, dtype, the cache
+// that keeps a model loaded across pair_style commands) is model_file.cpp's load_model.
+//
 // Virial: the file's (symmetric part of -sum_e r_e (x) dE/dr_e over this rank's edges; LAMMPS
 // sums the ranks). f.r (virial_fdotr_compute) would keep one off-diagonal of the
 // unsymmetrised tensor, so it is not used. Per-atom virial: each edge's symmetrised
@@ -35,11 +38,8 @@
 #include "pair_symbreak.h"
 
 #include <ATen/Parallel.h>
-#include <dlfcn.h>
-#include <sys/stat.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
-#include <torch/version.h>
 
 #include <algorithm>
 #include <chrono>
@@ -47,16 +47,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <map>
 #include <stdexcept>
-#include <tuple>
 
 #include "atom.h"
 #include "comm.h"
 #include "domain.h"
 #include "error.h"
 #include "force.h"
-#include "json.h"
 #include "memory.h"
 #include "model_file.h"
 #include "neigh_list.h"
@@ -68,8 +65,6 @@ using namespace LAMMPS_NS;
 
 namespace symbreak {
 
-//! Version of the model file's entry points this plugin calls (symbreak.contract).
-constexpr int kContractVersion = 2;
 //! Seed given to a `random` policy without one, so that every rank draws the same rotations.
 constexpr long long kDefaultSeed = 12345;
 //! `seed` keyword not given.
@@ -78,297 +73,7 @@ constexpr long long kNoSeed = std::numeric_limits<long long>::min();
 //! default-size PET slower and hungrier on CPU.
 constexpr bool kJitOptimize = false;
 
-struct Model {
-  torch::jit::Module module;
-  std::string path;
-  std::vector<int> species;    // atomic numbers
-  std::vector<double> masses;  // standard masses of the species (amu)
-  double cutoff = 0.0;
-  double receptive_field = 0.0;
-  double min_distance = 0.0;
-  int n_layers = 1;
-  std::string torch_version;
-  torch::Dtype dtype = torch::kFloat32;
-  bool metatomic = false;      // a contract file around a metatomic model
-  std::string metatomic_name;  // its name (metadata.json config.name)
-};
-
 namespace {
-
-const char* const kElements[] = {
-    "X",  "H",  "He", "Li", "Be", "B",  "C",  "N",  "O",  "F",  "Ne", "Na", "Mg", "Al", "Si",
-    "P",  "S",  "Cl", "Ar", "K",  "Ca", "Sc", "Ti", "V",  "Cr", "Mn", "Fe", "Co", "Ni", "Cu",
-    "Zn", "Ga", "Ge", "As", "Se", "Br", "Kr", "Rb", "Sr", "Y",  "Zr", "Nb", "Mo", "Tc", "Ru",
-    "Rh", "Pd", "Ag", "Cd", "In", "Sn", "Sb", "Te", "I",  "Xe", "Cs", "Ba", "La", "Ce", "Pr",
-    "Nd", "Pm", "Sm", "Eu", "Gd", "Tb", "Dy", "Ho", "Er", "Tm", "Yb", "Lu", "Hf", "Ta", "W",
-    "Re", "Os", "Ir", "Pt", "Au", "Hg", "Tl", "Pb", "Bi", "Po", "At", "Rn", "Fr", "Ra", "Ac",
-    "Th", "Pa", "U",  "Np", "Pu", "Am", "Cm", "Bk", "Cf", "Es", "Fm", "Md", "No", "Lr", "Rf",
-    "Db", "Sg", "Bh", "Hs", "Mt", "Ds", "Rg", "Cn", "Nh", "Fl", "Mc", "Lv", "Ts", "Og"};
-constexpr int kNumElements = sizeof(kElements) / sizeof(kElements[0]);
-
-int atomic_number(const std::string& symbol) {
-  for (int z = 1; z < kNumElements; ++z)
-    if (symbol == kElements[z]) return z;
-  return -1;
-}
-
-std::string element_symbol(int z) {
-  return (z > 0 && z < kNumElements) ? kElements[z] : "Z=" + std::to_string(z);
-}
-
-bool is_file(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-std::string dirname_of(const std::string& path) {
-  const auto slash = path.find_last_of('/');
-  return slash == std::string::npos ? std::string(".") : path.substr(0, slash);
-}
-
-// The installed package directory (symbreak/): this library lives in symbreak/lib/.
-std::string package_dir() {
-  Dl_info info;
-  if (::dladdr(reinterpret_cast<void*>(&package_dir), &info) == 0 || !info.dli_fname)
-    throw std::runtime_error("cannot locate the plugin file (dladdr failed)");
-  char resolved[4096];
-  const char* real = ::realpath(info.dli_fname, resolved);
-  return dirname_of(dirname_of(real ? real : info.dli_fname));
-}
-
-std::vector<std::string> shipped_models() {
-  std::vector<std::string> names;
-  const std::string dir = package_dir() + "/models";
-  for (const auto& file : platform::list_directory(dir))
-    if (file.size() > 3 && file.compare(file.size() - 3, 3, ".pt") == 0)
-      names.push_back(file.substr(0, file.size() - 3));
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-std::string resolve_model_path(const std::string& arg) {
-  if (is_file(arg)) return arg;
-  const std::string shipped = package_dir() + "/models/" + arg + ".pt";
-  if (is_file(shipped)) return shipped;
-  std::string list;
-  for (const auto& name : shipped_models()) list += (list.empty() ? "" : ", ") + name;
-  throw std::runtime_error("no model file '" + arg + "' and no shipped model of that name (" +
-                           package_dir() + "/models has: " + (list.empty() ? "none" : list) + ")");
-}
-
-std::string file_key(const std::string& path) {
-  struct stat st;
-  char resolved[4096];
-  const char* real = ::realpath(path.c_str(), resolved);
-  std::string key = real ? real : path;
-  if (::stat(path.c_str(), &st) == 0)
-    key += "|" + std::to_string(st.st_size) + "|" + std::to_string(st.st_mtim.tv_sec) + "." +
-           std::to_string(st.st_mtim.tv_nsec);
-  return key;
-}
-
-// The message of an error from the model file: for an exception raised in its TorchScript
-// code, the line "builtins.ValueError: MESSAGE" without the interpreter's traceback;
-// otherwise the first line.
-std::string script_error(const std::exception& err) {
-  std::string what = err.what();
-  what = what.substr(0, what.find("\nException raised from"));  // C++ frames of c10::Error
-  const bool traceback =
-      what.rfind("The following operation failed in the TorchScript interpreter", 0) == 0;
-  if (!traceback) return what.substr(0, what.find('\n'));
-  // the traceback ends with "builtins.ValueError: MESSAGE" or "RuntimeError: MESSAGE": the
-  // last line that starts with the name of an exception
-  std::string found;
-  size_t end = what.size();
-  while (end > 0 && found.empty()) {
-    const size_t start = what.rfind('\n', end - 1);
-    const size_t begin = start == std::string::npos ? 0 : start + 1;
-    const std::string line = what.substr(begin, end - begin);
-    const auto colon = line.find(": ");
-    const std::string kind = colon == std::string::npos ? "" : line.substr(0, colon);
-    if (!kind.empty() && kind.find(' ') == std::string::npos &&
-        (kind.size() > 5 && (kind.compare(kind.size() - 5, 5, "Error") == 0 ||
-                             kind.find("Exception") != std::string::npos))) {
-      const std::string name = kind.substr(kind.find_last_of('.') + 1);
-      found = name == "ValueError" ? line.substr(colon + 2) : name + ": " + line.substr(colon + 2);
-    }
-    if (start == std::string::npos) break;
-    end = start;
-  }
-  return found.empty() ? what.substr(what.find_last_of('\n') + 1) : found;
-}
-
-std::string join(const std::vector<int>& values) {
-  std::string out = "[";
-  for (size_t i = 0; i < values.size(); ++i) out += (i ? ", " : "") + std::to_string(values[i]);
-  return out + "]";
-}
-
-// Loaded models, kept across pair style re-creation (a new pair_style command, a `clear`):
-// switching the averaging never reloads the file. Keyed by real path, size, mtime and
-// dtype, so an edited file is reloaded. Deliberately leaked (no exit-order issues).
-std::map<std::string, std::shared_ptr<Model>>& model_cache() {
-  static auto* cache = new std::map<std::string, std::shared_ptr<Model>>();
-  return *cache;
-}
-
-std::string reexport_hint(const std::string& path) {
-  return "write it again with this symbreak: `symbreak export " + path + " --output NEW.pt`";
-}
-
-std::shared_ptr<Model> load_model(const std::string& path, const std::string& dtype_request,
-                                  const std::string& extensions_directory, bool& from_cache) {
-  const std::string key = file_key(path) + "|" + dtype_request;
-  auto& cache = model_cache();
-  const auto found = cache.find(key);
-  if (found != cache.end()) {
-    from_cache = true;
-    return found->second;
-  }
-  from_cache = false;
-
-  auto model = std::make_shared<Model>();
-  model->path = path;
-  // A metatomic file: refused with the command that wraps it (the wrapper is Python), or,
-  // wrapped, its extensions loaded first. Told from the archive's extra files.
-  std::string recorded_extensions;
-  switch (classify_model_file(path)) {
-    case FileKind::RawMetatomic:
-      throw std::runtime_error(raw_metatomic_message(path));
-    case FileKind::WrappedMetatomic:
-      model->metatomic = true;
-      try {
-        const auto meta = json::parse(read_extra_file(path, "metadata.json"));
-        const auto& config = meta.at("config");
-        if (config.contains("name") && config.at("name").is_string())
-          model->metatomic_name = config.at("name").get<std::string>();
-        if (config.contains("extensions_directory") &&
-            config.at("extensions_directory").is_string())
-          recorded_extensions = config.at("extensions_directory").get<std::string>();
-      } catch (const std::exception&) {
-        // a corrupt metadata.json is reported below, after loading
-      }
-      prepare_metatomic(path, extensions_directory, recorded_extensions);
-      break;
-    case FileKind::Symbreak:
-      break;
-  }
-  torch::jit::ExtraFilesMap extra{{"metadata.json", ""}};
-  try {
-    model->module = torch::jit::load(path, torch::kCPU, extra);
-  } catch (const std::exception& err) {
-    std::string what = err.what();
-    what = what.substr(0, what.find('\n'));
-    throw std::runtime_error(
-        "'" + path + "' is not a readable symbreak model file: " + what +
-        (model->metatomic ? " (a metatomic model: " + metatomic_versions() + ")" : ""));
-  }
-  if (extra["metadata.json"].empty())
-    throw std::runtime_error("'" + path + "' has no metadata.json: not a symbreak model file");
-  std::vector<int> species;
-  double cutoff = 0.0, receptive_field = 0.0;
-  int contract = 1;
-  try {
-    const auto meta = json::parse(extra["metadata.json"]);
-    species = meta.at("species").get<std::vector<int>>();
-    cutoff = meta.at("cutoff").get<double>();
-    receptive_field = meta.at("receptive_field").get<double>();
-    model->torch_version = meta.at("torch_version").get<std::string>();
-    if (meta.contains("contract")) contract = meta.at("contract").get<int>();
-  } catch (const std::exception& err) {
-    throw std::runtime_error("'" + path + "': corrupt metadata.json: " + err.what());
-  }
-
-  // TorchScript files are only supported by the torch major.minor that wrote them.
-  int major = -1, minor = -1;
-  std::sscanf(model->torch_version.c_str(), "%d.%d", &major, &minor);
-  if (major != TORCH_VERSION_MAJOR || minor != TORCH_VERSION_MINOR)
-    throw std::runtime_error("'" + path + "' was exported with torch " + model->torch_version +
-                             ", but this plugin runs torch " + TORCH_VERSION +
-                             "; TorchScript files are only supported by the torch version that "
-                             "wrote them: re-export the model with torch " +
-                             std::to_string(TORCH_VERSION_MAJOR) + "." +
-                             std::to_string(TORCH_VERSION_MINOR));
-
-  // The contract: entry points and version (an older file has neither).
-  auto& module = model->module;
-  std::string missing;
-  for (const char* method : {"compute", "parse_policy", "policy_rotations", "energy_spread"})
-    if (!module.find_method(method)) missing += (missing.empty() ? "" : ", ") + std::string(method);
-  const int version = module.hasattr("contract_version")
-                          ? static_cast<int>(module.attr("contract_version").toInt())
-                          : 1;
-  if (!missing.empty() || version != kContractVersion || contract != kContractVersion)
-    throw std::runtime_error("'" + path + "' is a model file of contract version " +
-                             std::to_string(version) +
-                             " (metadata.json: " + std::to_string(contract) + ")" +
-                             (missing.empty() ? "" : ", without the entry point(s) " + missing) +
-                             "; this plugin reads contract version " +
-                             std::to_string(kContractVersion) + ": " + reexport_hint(path));
-
-  // The metadata must describe the module it travels with.
-  try {
-    for (const auto z : module.attr("species").toIntVector())
-      model->species.push_back(static_cast<int>(z));
-    model->masses = module.attr("masses").toDoubleVector();
-    model->cutoff = module.attr("cutoff").toDouble();
-    model->receptive_field = module.attr("receptive_field").toDouble();
-    model->min_distance = module.attr("min_distance").toDouble();
-  } catch (const std::exception& err) {
-    throw std::runtime_error("'" + path + "': the module lacks a contract attribute (" +
-                             script_error(err) + "): " + reexport_hint(path));
-  }
-  const auto mismatch = [&](const std::string& field, const std::string& written,
-                            const std::string& inside) {
-    throw std::runtime_error("'" + path + "': metadata.json says " + field + " = " + written +
-                             ", but the module holds " + inside +
-                             ": a corrupt or hand-edited file (re-export it)");
-  };
-  if (species != model->species) mismatch("species", join(species), join(model->species));
-  if (cutoff != model->cutoff)
-    mismatch("cutoff", std::to_string(cutoff), std::to_string(model->cutoff));
-  if (receptive_field != model->receptive_field)
-    mismatch("receptive_field", std::to_string(receptive_field),
-             std::to_string(model->receptive_field));
-  if (model->cutoff <= 0.0 || model->receptive_field < model->cutoff || model->species.empty() ||
-      model->masses.size() != model->species.size())
-    throw std::runtime_error("'" + path + "': corrupt model (cutoff " +
-                             std::to_string(model->cutoff) + ", receptive field " +
-                             std::to_string(model->receptive_field) + ")");
-  // hops of cutoff length that span the receptive field (layers x cutoff for the PET; a
-  // metatomic model's interaction range need not be a multiple of its cutoff)
-  model->n_layers =
-      std::max(1, static_cast<int>(std::ceil(model->receptive_field / model->cutoff - 1e-6)));
-
-  module.eval();
-  for (const auto& p : module.parameters()) {
-    model->dtype = p.scalar_type();
-    break;
-  }
-  if (dtype_request == "float64" && model->dtype != torch::kFloat64) {
-    // floating-point parameters and buffers only, as Python's .double() (Module::to would
-    // also convert the integer buffers, e.g. the species lookup)
-    torch::NoGradGuard no_grad;
-    for (auto p : module.parameters())
-      if (p.is_floating_point()) p.set_data(p.to(torch::kFloat64));
-    for (auto b : module.buffers())
-      if (b.is_floating_point()) b.set_data(b.to(torch::kFloat64));
-    model->dtype = torch::kFloat64;
-  } else if (dtype_request == "float32" && model->dtype != torch::kFloat32) {
-    throw std::runtime_error("'" + path +
-                             "' is a float64 model: dtype float32 is not supported "
-                             "for it (export it in float32)");
-  }
-  // Forces need gradients with respect to the edge vectors only; with trainable weights
-  // TorchScript's backward would also compute every weight gradient (~1.45x the time).
-  for (auto p : module.parameters()) p.requires_grad_(false);
-  // Other entries of the same file (an older version of it) are dropped.
-  const std::string real = file_key(path).substr(0, file_key(path).find('|'));
-  for (auto it = cache.begin(); it != cache.end();)
-    it = (it->first.compare(0, real.size() + 1, real + "|") == 0) ? cache.erase(it) : ++it;
-  cache[key] = model;
-  return model;
-}
 
 // The policy text of the file's grammar, from the one-token form (`average lebedev:3+inv`)
 // or the older keywords (`average lebedev 3 inversion yes seed 7`): the keywords replace
