@@ -46,10 +46,12 @@ from pathlib import Path
 
 import numpy as np
 
+from common import export_random_model, water  # first: it takes this folder off sys.path
+
+# isort: split
+# symbreak.engines.units imports i-PI, which this file's own name would shadow before common
 from symbreak.engines.sockets import IPI_DEFAULT_PREFIX as IPI_PREFIX  # nested <ffsocket>s
 from symbreak.engines.units import HARTREE_IN_EV
-
-from common import export_random_model, water
 
 STEP_RE = re.compile(r"Average timings at MD step\s+(\d+)\. t/step:\s+([-+0-9.eE]+)")
 GRIDS = (("legendre", 2, True), ("lebedev", 3, False))
