@@ -17,6 +17,8 @@ import secrets
 import socket
 import stat
 
+from .sockets import unix_accepts
+
 _ACCEPTCON = 0x10000  # /proc/net/unix "Flags" of a listening socket (__SO_ACCEPTCON)
 
 
@@ -59,15 +61,7 @@ def unix_live(path: str) -> bool:
     """Whether a process listens on ``path``: looked up in ``/proc/net/unix``, else (not
     Linux) by connecting, which an i-PI server would count as a client."""
     live = unix_listening(path)
-    if live is not None:
-        return live
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(1.0)
-        try:
-            s.connect(path)
-            return True
-        except OSError:
-            return False
+    return unix_accepts(path) if live is None else live
 
 
 def unix_busy(path: str) -> str | None:

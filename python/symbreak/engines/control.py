@@ -52,7 +52,7 @@ import threading
 import time
 from typing import Any
 
-from .sockets import CONTROL_TAG, IPI_DEFAULT_PREFIX, UNIX_PATH_MAX
+from .sockets import CONTROL_TAG, IPI_DEFAULT_PREFIX, UNIX_PATH_MAX, unix_accepts
 
 __all__ = [
     "ControlError",
@@ -266,18 +266,6 @@ class PolicySlot:
         }
 
 
-def _is_live(path: str) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(1.0)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
 class ControlServer:
     """Serves the control socket of one client: an accept loop on a daemon thread, and a
     short-lived daemon thread per connection (at most ``max_connections`` at once)."""
@@ -329,7 +317,7 @@ class ControlServer:
                     if reason is not None:
                         log.warning("control: skipping %s: %s", path, reason)
                         break
-                    if _is_live(path):
+                    if unix_accepts(path):
                         break  # another client owns this one: try the next index
                     try:  # stale file from a killed client: reclaim it once
                         os.unlink(path)

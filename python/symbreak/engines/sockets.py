@@ -7,6 +7,8 @@ serving ``address`` sits beside it at ``sockets_prefix + CONTROL_TAG + address``
 
 from __future__ import annotations
 
+import socket
+
 #: i-PI's default ``sockets_prefix`` (``-S``): unix socket path = prefix + address.
 IPI_DEFAULT_PREFIX = "/tmp/ipi_"
 #: Longest unix socket path the OS accepts (``sizeof(sun_path) - 1`` on Linux).
@@ -18,6 +20,18 @@ CONTROL_TAG = "symbreak_ctl_"
 def unix_socket_path(address: str, sockets_prefix: str = IPI_DEFAULT_PREFIX) -> str:
     """Path of i-PI's unix socket for ``address``: ``sockets_prefix + address``."""
     return f"{sockets_prefix}{address}"
+
+
+def unix_accepts(path: str, timeout: float = 1.0) -> bool:
+    """Whether a server accepts a connection on the unix socket ``path`` (a live socket;
+    a leftover file refuses). The connection is closed at once."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
 
 
 def check_unix_path(path: str, what: str = "unix socket path") -> str:
