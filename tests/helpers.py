@@ -105,3 +105,23 @@ def small_water(n_molecules: int = 8, seed: int = 0, triclinic: bool = True) -> 
 
 # The project's shared data folder sits beside the checkout (CI clones it the same way).
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def contract_inputs(atoms: Atoms, cutoff: float, selected=None, species=(1, 8)) -> list:
+    """The graph inputs of the contract's ``compute``/``accumulate`` for one structure
+    (``selected``: bool tensor [N] of the atoms whose energies count; None: all)."""
+    from symbreak.graph import build_graph
+
+    g = build_graph(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, cutoff, species)
+    n = len(atoms)
+    return [
+        torch.from_numpy(atoms.numbers.astype(np.int64)),
+        torch.from_numpy(atoms.positions.copy()),
+        torch.from_numpy(atoms.cell.array.copy())[None],
+        torch.zeros(n, dtype=torch.long),
+        torch.from_numpy(g.centers),
+        torch.from_numpy(g.neighbors),
+        torch.from_numpy(g.shifts),
+        torch.from_numpy(g.reverse),
+        torch.ones(n, dtype=torch.bool) if selected is None else selected,
+    ]

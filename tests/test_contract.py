@@ -15,11 +15,10 @@ import pytest
 import torch
 from ase import Atoms
 
-from helpers import export_tiny, small_water, tiny_pet
+from helpers import contract_inputs, export_tiny, small_water, tiny_pet
 from symbreak.contract import AveragedModel, carried_grids
 from symbreak.evaluator import Evaluator, Structure
 from symbreak.export import load_model
-from symbreak.graph import build_graph
 from symbreak.policy import random_rotations
 from symbreak.rotations import AveragingPolicy, grid
 
@@ -32,22 +31,6 @@ def model_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def module64(model_file):
     return Evaluator(model_file, dtype=torch.float64).module
-
-
-def inputs(atoms: Atoms, cutoff: float, selected=None) -> list:
-    g = build_graph(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, cutoff, [1, 8])
-    sel = torch.ones(len(atoms), dtype=torch.bool) if selected is None else selected
-    return [
-        torch.from_numpy(atoms.numbers.astype(np.int64)),
-        torch.from_numpy(atoms.positions.copy()),
-        torch.from_numpy(atoms.cell.array.copy())[None],
-        torch.zeros(len(atoms), dtype=torch.long),
-        torch.from_numpy(g.centers),
-        torch.from_numpy(g.neighbors),
-        torch.from_numpy(g.shifts),
-        torch.from_numpy(g.reverse),
-        sel,
-    ]
 
 
 def test_file_grids_are_bit_for_bit_the_reference_grids(module64) -> None:
@@ -99,8 +82,8 @@ def test_selected_atoms_energy_and_its_forces(module64) -> None:
     selected = torch.zeros(len(atoms), dtype=torch.bool)
     selected[::3] = True
     for policy in ("none", "lebedev:3+inv"):
-        full = module64.compute(*inputs(atoms, 3.5), policy, 0)
-        out = module64.compute(*inputs(atoms, 3.5, selected), policy, 0)
+        full = module64.compute(*contract_inputs(atoms, 3.5), policy, 0)
+        out = module64.compute(*contract_inputs(atoms, 3.5, selected), policy, 0)
         assert float(out["energy"][0]) == pytest.approx(
             float(full["atomic_energies"][selected].sum()), rel=1e-12
         )
@@ -111,7 +94,11 @@ def test_selected_atoms_energy_and_its_forces(module64) -> None:
                 moved = atoms.copy()
                 moved.positions[atom, axis] += sign * h
                 energies.append(
-                    float(module64.compute(*inputs(moved, 3.5, selected), policy, 0)["energy"][0])
+                    float(
+                        module64.compute(*contract_inputs(moved, 3.5, selected), policy, 0)[
+                            "energy"
+                        ][0]
+                    )
                 )
             numeric = -(energies[0] - energies[1]) / (2 * h)
             assert float(out["forces"][atom, axis]) == pytest.approx(numeric, abs=1e-6)
@@ -120,11 +107,11 @@ def test_selected_atoms_energy_and_its_forces(module64) -> None:
 def test_grouped_evaluation_equals_one_call(module64) -> None:
     """accumulate over groups of a grid's rotations, merged, finalises to one call."""
     atoms = small_water(4, seed=8, triclinic=True)
-    args = inputs(atoms, 3.5)
+    args = contract_inputs(atoms, 3.5)
     one = module64.compute(*args, "lebedev:5", 0)
     rot, w = module64.policy_rotations("lebedev:5", 0)
     parts = [module64.accumulate(*args, rot[a:b], w[a:b], True, 0) for a, b in ((0, 31), (31, 70))]
-    merged = module64.finalize(module64.merge(parts), args[0], args[3], args[8])
+    merged = module64.finalize(module64.merge(parts), args[3], args[8])
     assert merged.keys() == one.keys()
     for key in one:
         torch.testing.assert_close(merged[key], one[key], rtol=1e-12, atol=1e-11, msg=key)
@@ -134,11 +121,11 @@ def test_bad_atoms_are_named_by_the_file(module64) -> None:
     atoms = small_water(2, seed=1, triclinic=True)
     numbers = torch.from_numpy(atoms.numbers.astype(np.int64)).clone()
     numbers[3] = 200
-    args = inputs(atoms, 3.5)
+    args = contract_inputs(atoms, 3.5)
     args[0] = numbers
     with pytest.raises(torch.jit.Error, match="atom 3 has atomic number 200"):
         module64.compute(*args, "none", 0)
-    args = inputs(atoms, 3.5)  # edges of the real structure (atoms 0 and 1 are bonded)
+    args = contract_inputs(atoms, 3.5)  # edges of the real structure (atoms 0 and 1 are bonded)
     crowded = atoms.positions.copy()
     crowded[1] = crowded[0] + [5e-5, 0, 0]
     args[1] = torch.from_numpy(crowded)
@@ -213,7 +200,7 @@ def test_eager_wrapper_matches_file(model_file) -> None:
     model, _ = tiny_pet(seed=4)
     eager = AveragedModel(model)
     scripted = load_model(model_file).module
-    args = inputs(small_water(4, seed=5, triclinic=True), 3.5)
+    args = contract_inputs(small_water(4, seed=5, triclinic=True), 3.5)
     with torch.no_grad():
         a = eager.compute(*args, "legendre:2+inv", 0, False)
     b = scripted.compute(*args, "legendre:2+inv", 0, False)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import export_tiny, small_water, strain_derivative, tiny_pet
+from helpers import contract_inputs, export_tiny, small_water, strain_derivative, tiny_pet
 from symbreak.evaluator import Evaluator, Structure
 from symbreak.export import load_model, reexport_model
 from symbreak.graph import build_graph
@@ -79,29 +79,13 @@ def test_torque_diagnostic_is_net_torque_of_forces(ev64):
     assert np.linalg.norm(torque) > 1e-6  # a non-equivariant model does exert a torque
 
 
-def contract_inputs(atoms, cfg) -> list:
-    """The graph inputs of the contract's ``compute``/``accumulate`` for one structure."""
-    g = build_graph(atoms.numbers, atoms.positions, atoms.cell.array, True, cfg.cutoff, cfg.species)
-    return [
-        torch.from_numpy(atoms.numbers.astype(np.int64)),
-        torch.from_numpy(atoms.positions),
-        torch.from_numpy(atoms.cell.array)[None],
-        torch.zeros(len(atoms), dtype=torch.long),
-        torch.from_numpy(g.centers),
-        torch.from_numpy(g.neighbors),
-        torch.from_numpy(g.shifts),
-        torch.from_numpy(g.reverse),
-        torch.ones(len(atoms), dtype=torch.bool),
-    ]
-
-
 def test_torchscript_matches_eager():
     from symbreak.contract import AveragedModel
 
     model, cfg = tiny_pet(seed=2)
     eager = AveragedModel(model.double())
     scripted = torch.jit.script(eager)
-    args = contract_inputs(small_water(8, seed=5, triclinic=True), cfg)
+    args = contract_inputs(small_water(8, seed=5, triclinic=True), cfg.cutoff)
     for policy in ("none", "lebedev:3+inv", "random+seed=4"):
         a, b = eager.compute(*args, policy, 2), scripted.compute(*args, policy, 2)
         assert a.keys() == b.keys()
@@ -197,7 +181,9 @@ def test_compute_evaluates_the_priors_once_as_if_per_rotation(share):
     rotations, weights = AveragingPolicy.parse("lebedev:3+inv").rotations()
     rotations = torch.from_numpy(rotations[share])
     weights = torch.from_numpy(weights[share])
-    out = AveragedModel(model).accumulate(*contract_inputs(atoms, cfg), rotations, weights, True, 0)
+    out = AveragedModel(model).accumulate(
+        *contract_inputs(atoms, cfg.cutoff), rotations, weights, True, 0
+    )
 
     e_k, eps_sum, f_k = [], torch.zeros(len(atoms), dtype=torch.float64), []
     grad_sum = torch.zeros_like(base)

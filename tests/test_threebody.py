@@ -12,7 +12,7 @@ from numpy.polynomial.legendre import Legendre
 from scipy.spatial.transform import Rotation
 from scipy.special import eval_legendre
 
-from helpers import small_water, strain_derivative, tiny_pet, water_frame
+from helpers import contract_inputs, small_water, strain_derivative, tiny_pet, water_frame
 from symbreak.graph import build_graph
 from symbreak.threebody import (
     ThreeBodyPrior,
@@ -174,18 +174,7 @@ def test_pet_with_three_body_forces_virial_and_torchscript():
     atoms = small_water(6, seed=7)
 
     def run(m, a):
-        g = graph(a, cfg.cutoff)
-        args = [
-            torch.from_numpy(a.numbers.astype(np.int64)),
-            torch.from_numpy(a.positions.copy()),
-            torch.from_numpy(a.cell.array.copy())[None],
-            torch.zeros(len(a), dtype=torch.long),
-            torch.from_numpy(g.centers),
-            torch.from_numpy(g.neighbors),
-            torch.from_numpy(g.shifts),
-            torch.from_numpy(g.reverse),
-            torch.ones(len(a), dtype=torch.bool),
-        ]
+        args = contract_inputs(a, cfg.cutoff)
         wrapped = m if isinstance(m, torch.jit.ScriptModule) else AveragedModel(m)
         return wrapped.compute(*args, "none", 0)
 

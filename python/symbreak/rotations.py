@@ -356,7 +356,7 @@ class AveragingPolicy:
         """
         if not self.is_random:
             return grid(self.spec, self.inversion)
-        text, counter = self.draw()
-        _, _, _, seed, _ = parse_policy(text)
+        _, counter = self.draw()
+        seed = self._state[0]  # drawn (or given) by draw()
         rot, w = _policy_random_rotations(seed, counter, self.inversion)
         return rot.numpy(), w.numpy()
