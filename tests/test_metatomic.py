@@ -254,7 +254,7 @@ def _contract_average(ev: Evaluator, atoms, rotations, weights) -> dict:
         True,
         0,
     )
-    return ev.module.finalize(raw, numbers, structure, selected)
+    return ev.module.finalize(raw, structure, selected)
 
 
 def test_several_structures_in_one_call(models):

@@ -228,7 +228,7 @@ class ContractModel(nn.Module):
 
     @torch.jit.export
     def finalize(
-        self, raw: dict[str, Tensor], numbers: Tensor, structure: Tensor, selected: Tensor
+        self, raw: dict[str, Tensor], structure: Tensor, selected: Tensor
     ) -> dict[str, Tensor]:
         """The contract's outputs (module doc) from the sums of :meth:`accumulate`."""
         f64 = torch.float64
@@ -293,7 +293,7 @@ class ContractModel(nn.Module):
             numbers, positions, cells, structure, centers, neighbors, shifts, reverse, selected,
             rotations, weights, compute_gradients, rotation_batch,
         )  # fmt: skip
-        return self.finalize(raw, numbers, structure, selected)
+        return self.finalize(raw, structure, selected)
 
     def forward(self, numbers: Tensor) -> Tensor:
         """Not an entry point (TorchScript needs a forward): the species indices [N]."""

@@ -228,7 +228,7 @@ class Evaluator:
                 # The workers' torch.set_num_threads also set torch's default for threads
                 # started later: give it back the caller's value.
                 torch.set_num_threads(threads)
-        out = self.module.finalize(raw, inputs["numbers"], inputs["structure"], inputs["selected"])
+        out = self.module.finalize(raw, inputs["structure"], inputs["selected"])
         self.calls += 1
         return _unpack(out, inputs, policy, gradients)
 
