@@ -58,7 +58,9 @@ def energy_and_forces(prior, atoms):
     g = graph(atoms, prior.cutoff)
     species, centers, neighbors, vectors = tensors(g)
     vectors.requires_grad_(True)
-    total = prior.atomic_energies(species, centers, neighbors, vectors).sum()
+    total = prior.atomic_energies(
+        species, centers, neighbors, vectors, torch.zeros(2, 2, dtype=torch.float64), 1.0
+    ).sum()
     (grad,) = torch.autograd.grad(total, vectors)
     forces = torch.zeros(len(atoms), 3, dtype=grad.dtype)
     forces = forces.index_add(0, centers, grad).index_add(0, neighbors, -grad)

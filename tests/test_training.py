@@ -167,6 +167,7 @@ def test_train_command_line(tiny_data, tmp_path):
     writes the model and its metrics."""
     import json
 
+    from symbreak import exit_codes
     from symbreak.cli import main
 
     out = tmp_path / "cli.pt"
@@ -174,9 +175,13 @@ def test_train_command_line(tiny_data, tmp_path):
     argv += ["--epochs", "1", "--n-test", "1", "--n-val", "1", "--threads", "1", "--quiet"]
     argv += ["--train-pair", "--force-loss", "huber", "--huber-delta", "0.2"]
     argv += ["--gas-weight", "0.5", "--gas-molecules", "4", "--gas-noise", "0.03"]
+    argv += ["--gas-dimers", "2", "--pair-smoothing", "1e-3", "--pair-monotone-quantile", "0.02"]
     argv += ["--model-config", json.dumps(TINY)]
+    assert main([*argv, "--guard-short-range"]) == exit_codes.USAGE  # refits: needs --resume
     assert main(argv) == 0
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["train_config"]
+    assert (saved["gas_dimers"], saved["pair_smoothing"]) == (2, 1e-3)
+    assert saved["pair_monotone_quantile"] == 0.02
     assert saved["train_pair"] is True and saved["force_loss"] == "huber"
     assert saved["huber_delta"] == 0.2 and saved["model"] == TINY
     assert (saved["gas_weight"], saved["gas_molecules"], saved["gas_noise"]) == (0.5, 4, 0.03)
@@ -256,3 +261,65 @@ def test_checkpoints_are_read_as_data_only(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="checkpoint.pt holds more than tensors"):
         trainer.load_checkpoint()
     assert not marker.exists()
+
+
+def shortest_by_ase(path, indices) -> dict[tuple[int, int], float]:
+    """Shortest distance of each species pair (atomic numbers) in the frames, by ASE."""
+    from ase.neighborlist import neighbor_list
+
+    shortest: dict[tuple[int, int], float] = {}
+    for k in indices:
+        atoms = ase.io.read(path, k)
+        i, j, d = neighbor_list("ijd", atoms, 3.5)
+        for a, b, r in zip(atoms.numbers[i], atoms.numbers[j], d, strict=True):
+            key = (min(a, b), max(a, b))
+            shortest[key] = min(shortest.get(key, np.inf), r)
+    return shortest
+
+
+def test_fresh_run_puts_floors_and_walls_at_the_datas_shortest_distances(tiny_data, tmp_path):
+    trainer = Trainer(config(tiny_data, tmp_path, gas_weight=1.0, gas_dimers=3), progress=False)
+    reference = shortest_by_ase(tiny_data, trainer.split["train"])
+    floor = trainer.model.short_range.floor.numpy()
+    walls = trainer.model.pair.wall_radius.numpy()
+    species = trainer.model_cfg.species
+    for (za, zb), r in reference.items():
+        a, b = species.index(za), species.index(zb)
+        assert floor[a, b] == pytest.approx(r, abs=1e-12)
+        assert walls[int(trainer.model.pair.pair_index[a, b])] == pytest.approx(r, abs=1e-12)
+    trainer.fit()  # the gas-phase term with dimers trains
+    assert all(np.isfinite(h["gas_force_msq"]) for h in trainer.history)
+
+
+def test_resume_with_guard_short_range_refits_a_model_made_without(tiny_data, tmp_path):
+    """An older checkpoint (no floors or walls) resumed with --guard-short-range: floors,
+    walls and a repulsive pair prior below the data, kept by the export."""
+    from symbreak.export import load_model
+
+    first = Trainer(config(tiny_data, tmp_path, epochs=1), progress=False)
+    with torch.no_grad():  # as a checkpoint from before the guards
+        for model in (first.model, first.ema):
+            model.short_range.floor.zero_()
+            model.pair.wall_radius.zero_()
+    first.fit()
+    cfg = dataclasses.replace(config(tiny_data, tmp_path, epochs=1), guard_short_range=True)
+    trainer = Trainer(cfg, progress=False)
+    trainer.load_checkpoint()
+    report = trainer.short_range_fit
+    assert np.all(np.array(report["shortest_A"]) > 0)
+    trainer.fit()
+    loaded = load_model(tmp_path / "model.pt")
+    state = loaded.module.state_dict()
+    torch.testing.assert_close(
+        state["inner.short_range.floor"].double(), torch.tensor(report["shortest_A"]).double()
+    )
+    # the exported pair prior repels below every wall, down to 0.3 Å
+    pet = trainer.ema.double()
+    for p in range(3):
+        r = torch.linspace(0.3, float(pet.pair.wall_radius[p]), 200, dtype=torch.float64)
+        index = torch.nonzero(pet.pair.pair_index == p)[0]
+        species = index.clone()
+        centers, neighbors = torch.zeros(200, dtype=torch.long), torch.ones(200, dtype=torch.long)
+        with torch.no_grad():
+            phi = pet.pair.edge_energies(species, centers, neighbors, r)
+        assert torch.all(phi.diff() < 0)

@@ -23,7 +23,7 @@ import torch
 
 from .contract import CONTRACT_VERSION, AveragedModel
 from .metatomic import is_metatomic_file, prepare_wrapped
-from .model import PET, PETConfig
+from .model import OPTIONAL_BUFFERS, PET, PETConfig
 
 SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
 METADATA_FILE = "metadata.json"
@@ -136,8 +136,13 @@ def rebuild_pet(path: Path, module: torch.jit.ScriptModule, meta: ModelMetadata)
         result = model.load_state_dict(_inner_state(module), strict=False)
     except RuntimeError as err:  # shapes that the config does not give
         raise ValueError(f"'{path}' does not match its own config: {err}") from err
-    # A file from before the three-body prior lacks its (empty) coefficients.
-    missing = [k for k in result.missing_keys if model.state_dict()[k].numel()]
+    # A file from before the three-body prior lacks its (empty) coefficients, one from
+    # before the short-range guards their buffers (zeros: off).
+    missing = [
+        k
+        for k in result.missing_keys
+        if model.state_dict()[k].numel() and k not in OPTIONAL_BUFFERS
+    ]
     if missing or result.unexpected_keys:
         raise ValueError(
             f"'{path}' does not match its own config: missing {missing}, "

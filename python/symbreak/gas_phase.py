@@ -93,6 +93,26 @@ def distorted_graphs(
     return graphs
 
 
+def dimer_graphs(
+    rng: np.random.Generator, count: int, floor: np.ndarray, cutoff: float, species: list[int]
+) -> list[Graph]:
+    """``count`` isolated pairs of atoms, each of a random pair of ``species`` (atomic
+    numbers) at a distance drawn uniformly between the pair's short-range floor
+    ``floor`` [S, S] (Å, :mod:`symbreak.short_range`) and ``cutoff``, randomly oriented.
+    Nothing in condensed-phase data looks like a dimer, so the learned part's dimer curves
+    are free to wiggle; pushing its forces there towards zero leaves each dimer curve to
+    the pair prior (one well, a wall below the data)."""
+    graphs = []
+    pairs = rng.integers(len(species), size=(count, 2))
+    for a, b in pairs:
+        r = rng.uniform(float(floor[a, b]), cutoff)
+        direction = rng.normal(size=3)
+        positions = np.array([np.zeros(3), r * direction / np.linalg.norm(direction)]) + 50.0
+        numbers = np.array([species[a], species[b]])
+        graphs.append(build_graph(numbers, positions, _BOX, _NO_PBC, cutoff, species))
+    return graphs
+
+
 def learned_force_msq(model, species, centers, neighbors, vectors, reverse) -> torch.Tensor:
     """Mean square (eV/Å)² over atoms and components of the forces of the model's learned
     part alone (``learned_energies``: no baseline, no invariant priors), differentiable

@@ -20,6 +20,9 @@ Architecture (per message-passing layer l = 1..L):
   the coefficients of a radial B-spline basis, e_ij = Σ_n c_n(token) B_n(|r_ij|)
   ("spline" readout); plus ½ φ(|r_ij|) of the pair prior and, optionally, the angular
   three-body prior of atom i (:mod:`symbreak.threebody`);
+* short range (:mod:`symbreak.short_range`): below the training data's shortest distance
+  of a species pair the pair prior is a repulsive wall, and the transformer and the
+  three-body prior read the edge's length through a floor, so they cannot undo it;
   PET's own readout, e_ij = f_c(r_ij) MLP(token), remains as ``edge_readout="cutoff"``.
 
 The radial pair prior φ (:mod:`symbreak.pair`) is a cubic spline per species pair fitted by
@@ -44,7 +47,12 @@ import torch
 from torch import Tensor, nn
 
 from .pair import PairPrior, n_basis
+from .short_range import ShortRangeFloor
 from .threebody import ThreeBodyPrior
+
+# Buffers whose zeros mean "off", absent from files made before them: a file without them
+# loads with them off (no wall, no floor) and gives the numbers it always gave.
+OPTIONAL_BUFFERS = ("pair.wall_radius", "short_range.floor")
 
 
 @dataclass
@@ -206,6 +214,9 @@ class PET(nn.Module):
         self.register_buffer("radial_freq", torch.arange(1, cfg.n_radial + 1) * math.pi)
         self.use_pair = bool(cfg.pair_prior)
         self.pair = PairPrior(len(cfg.species), cfg.cutoff, cfg.pair_r_min, cfg.pair_spacing)
+        # Below the data's shortest distance of each species pair the transformer and the
+        # three-body prior read a floored length (symbreak.short_range); set from the data.
+        self.short_range = ShortRangeFloor(len(cfg.species))
         self.use_three_body = bool(cfg.three_body)
         if cfg.three_body_cutoff > cfg.cutoff:
             raise ValueError(
@@ -264,7 +275,14 @@ class PET(nn.Module):
             pair_energy = self.pair.edge_energies(species, centers, neighbors, r)
             energy = energy.index_add(0, centers, 0.5 * pair_energy)
         if self.use_three_body:
-            energy = energy + self.three_body.atomic_energies(species, centers, neighbors, vectors)
+            energy = energy + self.three_body.atomic_energies(
+                species,
+                centers,
+                neighbors,
+                vectors,
+                self.short_range.floor,
+                self.short_range.width,
+            )
         return energy
 
     @torch.jit.export
@@ -276,6 +294,8 @@ class PET(nn.Module):
         n_atoms = species.shape[0]
         n_edges = centers.shape[0]
         dtype = vectors.dtype
+        # No contact shorter than the data's: the wall of the pair prior is not undone here.
+        vectors = self.short_range.vectors(species, centers, neighbors, vectors)
         # Group edges by centre atom into a padded [N, M] layout (slot = rank within centre).
         centers_sorted, order = torch.sort(centers, stable=True)
         counts = torch.bincount(centers, minlength=n_atoms)

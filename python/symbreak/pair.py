@@ -11,7 +11,13 @@ edge vectors, is what breaks the symmetry.
 
 Spline: uniform knots t_k = r_min + (k - 3) h; the n = (cutoff - r_min)/h basis functions
 whose support ends by the cutoff. φ and its first two derivatives therefore vanish at the
-cutoff (energies stay C² as atoms cross it), and φ = 0 below r_min - 3h (no data there).
+cutoff (energies stay C² as atoms cross it).
+
+Below ``wall_radius`` (the training data's shortest distance of the pair, see
+:mod:`symbreak.short_range`) the spline gives way to a repulsive wall
+φ(r) = φ(r_w) + a ρ (exp((r_w - r)/ρ) - 1), with the spline's value, slope (a = -φ'(r_w))
+and curvature (ρ = a / φ''(r_w), within [0.1, 0.5] Å) at r_w: continuous to the second
+derivative wherever the spline is repulsive and convex at r_w, which the fit ensures.
 """
 
 from __future__ import annotations
@@ -59,7 +65,8 @@ def locate(r: Tensor, r_min: float, spacing: float, n: int) -> tuple[Tensor, Ten
 class PairPrior(nn.Module):
     """E_pair = ½ Σ_(i,j) φ_(s_i s_j)(r_ij) over a full edge list (each pair seen twice).
 
-    ``coefficients`` [P, n] (eV), one row per unordered species pair, P = S(S+1)/2.
+    ``coefficients`` [P, n] (eV), one row per unordered species pair, P = S(S+1)/2;
+    ``wall_radius`` [P] (Å) where the wall takes over (0: no wall).
     """
 
     def __init__(self, n_species: int, cutoff: float, r_min: float = 0.5, spacing: float = 0.1):
@@ -77,6 +84,48 @@ class PairPrior(nn.Module):
                 k += 1
         self.register_buffer("pair_index", pairs)
         self.coefficients = nn.Parameter(torch.zeros(k, self.n_basis))
+        self.register_buffer("wall_radius", torch.zeros(k, dtype=torch.float64))
+        # The wall's decay length ρ (Å) stays in [rho_min, rho_max] (0.1 Å bounds its energy
+        # at r = 0); its slope is at least about min_slope (eV/Å), even where the spline is
+        # not repulsive at r_w.
+        self.rho_min = 0.1
+        self.rho_max = 0.5
+        self.min_slope = 0.1
+
+    def set_walls(self, shortest: Tensor) -> None:
+        """Walls at the shortest distance [S, S] (Å) of each species pair (0: none)."""
+        with torch.no_grad():
+            s = self.pair_index.shape[0]
+            for a in range(s):
+                for b in range(a, s):
+                    self.wall_radius[self.pair_index[a, b]] = float(shortest[a, b])
+
+    def spline_at(self, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """φ, φ' and φ'' of every pair's spline at r [P] (Å, one radius per pair), [P] each
+        (eV, eV/Å, eV/Å²), in the dtype of ``r``."""
+        i, s = self._locate(r)
+        t = 1.0 - s
+        values, derivs = local_cubic_basis(s)
+        second = torch.stack([t, 3.0 * s - 2.0, 1.0 - 3.0 * s, s], dim=1)
+        coef = torch.nn.functional.pad(self.coefficients.to(r.dtype), (3, 3))
+        rows = torch.arange(coef.shape[0], device=r.device)[:, None]
+        local = coef[rows, i[:, None] + torch.arange(4, device=r.device)]
+        h = self.spacing
+        return (
+            (local * values).sum(1),
+            (local * derivs).sum(1) / h,
+            (local * second).sum(1) / (h * h),
+        )
+
+    def wall_parameters(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per pair [P] each: r_w (Å), φ(r_w) (eV), the slope a > 0 (eV/Å) and the decay
+        length ρ (Å) of the wall (module docstring)."""
+        r_w = self.wall_radius.to(dtype)
+        value, slope, curvature = self.spline_at(r_w)
+        # a = -φ'(r_w) where that is well above min_slope (to 1e-7 eV/Å at a = 15 min_slope)
+        a = self.min_slope * torch.nn.functional.softplus(-slope / self.min_slope)
+        rho = (a / curvature.clamp(min=a / self.rho_max)).clamp(min=self.rho_min)
+        return r_w, value, a, rho
 
     def _locate(self, r: Tensor) -> tuple[Tensor, Tensor]:
         return locate(r, self.r_min, self.spacing, self.n_basis)
@@ -100,7 +149,12 @@ class PairPrior(nn.Module):
         # entries i .. i+3 (basis functions i-3 .. i).
         coef = torch.nn.functional.pad(self.coefficients.to(r.dtype), (3, 3))
         flat = pair[:, None] * (self.n_basis + 6) + i[:, None] + torch.arange(4, device=r.device)
-        return (coef.reshape(-1)[flat] * values).sum(1)
+        spline = (coef.reshape(-1)[flat] * values).sum(1)
+        r_w, value, a, rho = self.wall_parameters(r.dtype)
+        r_w, value, a, rho = r_w[pair], value[pair], a[pair], rho[pair]
+        depth = (r_w - r).clamp(min=0.0)  # 0 above the wall: no overflow in either branch
+        wall = value + a * rho * torch.expm1(depth / rho)
+        return torch.where(r < r_w, wall, spline)
 
     def design(
         self, species: Tensor, centers: Tensor, neighbors: Tensor, r: Tensor
@@ -128,16 +182,34 @@ def fit_pair_prior(
     n_species: int,
     energy_weight: float = 10.0,
     ridge: float = 1e-6,
+    monotone_below: np.ndarray | None = None,
+    smoothing: float = 0.0,
+    targets: list[tuple[float, np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Least-squares fit of the spline coefficients and a per-species energy baseline to
     forces (eV/Å) and per-atom energies (eV/atom, weighted by ``energy_weight``) of
-    ``samples`` (training.Sample). Sets ``prior.coefficients``; returns the baseline
-    [n_species] (eV/atom) and the fit's force RMSE/MAE (eV/Å) on the samples.
+    ``samples`` (training.Sample), or to ``targets`` (energy eV, forces [N, 3] eV/Å per
+    sample, e.g. the residual of the rest of a model). Sets ``prior.coefficients``;
+    returns the baseline [n_species] (eV/atom) and the fit's force RMSE/MAE (eV/Å).
+
+    Where the data are thin the fit is shaped, not free:
+
+    * ``monotone_below`` [S, S] (Å): the spline of each species pair is non-increasing
+      (repulsive) for r up to about this distance: its B-spline coefficients there are
+      constrained non-increasing, which makes the curve so (a bounded least-squares
+      problem, ``scipy.optimize.lsq_linear``);
+    * ``smoothing`` (eV²/Å⁻³ per force component): weight of ∫ φ''(r)² dr, the roughness
+      of the curves, against the mean square force residual; a few samples then set a
+      smooth curve instead of an oscillating one.
     """
+    from scipy.optimize import lsq_linear
+
     n_coef = prior.coefficients.numel()
-    rows, targets = [], []
-    for sample in samples:
+    n_pairs, n = prior.coefficients.shape
+    rows, values = [], []
+    for k, sample in enumerate(samples):
         g = sample.graph
+        energy, forces_target = (sample.energy, sample.forces) if targets is None else targets[k]
         vectors = torch.from_numpy(g.vectors)
         r = torch.linalg.vector_norm(vectors, dim=1)
         basis, dbasis = prior.design(
@@ -155,19 +227,46 @@ def fit_pair_prior(
         rows.append(
             np.concatenate([forces.reshape(-1, n_coef), np.zeros((3 * g.n_atoms, n_species))], 1)
         )
-        targets.append(sample.forces.ravel())
+        values.append(np.ravel(forces_target))
         rows.append(energy_weight * energy_row[None])
-        targets.append([energy_weight * sample.energy / g.n_atoms])
+        values.append([energy_weight * energy / g.n_atoms])
     a = np.concatenate(rows)
-    y = np.concatenate(targets)
-    # Scale the columns so the ridge acts alike on spline and baseline coefficients.
-    scale = np.sqrt((a**2).mean(0)) + 1e-12
-    a_s = a / scale
-    solution = np.linalg.solve(a_s.T @ a_s + ridge * len(y) * np.eye(a.shape[1]), a_s.T @ y) / scale
-    residual = a @ solution - y
+    y = np.concatenate(values)
     force_rows = np.concatenate(
         [np.ones(3 * s.graph.n_atoms, bool).tolist() + [False] for s in samples]
     )
+    n_force = int(force_rows.sum())
+    # Roughness: second differences of each pair's coefficients are h² φ'' at the knots.
+    h = prior.spacing
+    second = np.zeros((n_pairs * (n - 2), a.shape[1]))
+    for p in range(n_pairs):
+        for k in range(n - 2):
+            second[p * (n - 2) + k, p * n + k : p * n + k + 3] = [1.0, -2.0, 1.0]
+    penalty = np.sqrt(smoothing * n_force * h) / h**2 * second
+    # Monotone part: c_k = c_K + Σ_(j=k..K-1) d_j with d_j ≥ 0 for the basis functions
+    # k < K whose centre r_min + (k - 1) h lies below the pair's bound.
+    transform = np.eye(a.shape[1])
+    lower = np.full(a.shape[1], -np.inf)
+    if monotone_below is not None:
+        for sa in range(n_species):
+            for sb in range(sa, n_species):
+                p = int(prior.pair_index[sa, sb])
+                centres = prior.r_min + (np.arange(n) - 1) * h
+                last = int(np.searchsorted(centres, monotone_below[sa, sb], side="right")) - 1
+                for k in range(last):
+                    transform[p * n + k, p * n + k : p * n + last + 1] = 1.0
+                    lower[p * n + k] = 0.0
+    design = np.concatenate([a, penalty]) @ transform
+    target = np.concatenate([y, np.zeros(len(penalty))])
+    # Scale the columns so the ridge acts alike on spline and baseline coefficients; the
+    # bounds (0 or -inf) are unchanged by a positive scale.
+    scale = np.sqrt((design**2).mean(0)) + 1e-12
+    design = np.concatenate([design / scale, np.sqrt(ridge * len(y)) * np.eye(a.shape[1])])
+    target = np.concatenate([target, np.zeros(a.shape[1])])
+    q, r_factor = np.linalg.qr(design)
+    z = lsq_linear(r_factor, q.T @ target, bounds=(lower, np.inf), method="bvls").x
+    solution = transform @ (z / scale)
+    residual = a @ solution - y
     with torch.no_grad():
         prior.coefficients.copy_(torch.from_numpy(solution[:n_coef]).view_as(prior.coefficients))
     stats = {

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .pair import local_cubic_basis, locate, n_basis
+from .short_range import soft_floor
 
 
 def edge_pairs(centers: Tensor, n_atoms: int, ordered: bool = True) -> tuple[Tensor, Tensor]:
@@ -105,22 +106,44 @@ class ThreeBodyPrior(nn.Module):
         )
 
     def _pairs(
-        self, species: Tensor, centers: Tensor, neighbors: Tensor, vectors: Tensor, ordered: bool
+        self,
+        species: Tensor,
+        centers: Tensor,
+        neighbors: Tensor,
+        vectors: Tensor,
+        ordered: bool,
+        floor: Tensor,
+        floor_width: float,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Pairs of edges of one centre within the cutoff, legs in channel order (lower
         neighbour species first): edge lengths r [E] (Å), the edges inside the cutoff
         ``inside`` [E'], the pairs as positions p1, p2 [T] into ``inside``, their channels
-        [T] and cos θ [T]."""
-        r = torch.linalg.vector_norm(vectors, dim=1)
-        inside = torch.nonzero(r < self.cutoff).squeeze(1)
+        [T] and cos θ [T].
+
+        The lengths of the legs and the distance between the two neighbours pass through
+        the short-range floor ``floor`` [S, S] (Å, :mod:`symbreak.short_range`; zeros: off)
+        and cos θ is that of the triangle they make, so that the term sees no contact
+        shorter than its data had; r and cos θ are bit-identical where nothing is below
+        its floor."""
+        r_raw = torch.linalg.vector_norm(vectors, dim=1)
+        floor = floor.to(vectors.dtype)
+        r = soft_floor(r_raw, floor[species[centers], species[neighbors]], floor_width)
+        inside = torch.nonzero(r_raw < self.cutoff).squeeze(1)
         p1, p2 = edge_pairs(centers[inside], species.shape[0], ordered)
         s1, s2 = species[neighbors[inside[p1]]], species[neighbors[inside[p2]]]
         swap = s1 > s2
         p1, p2 = torch.where(swap, p2, p1), torch.where(swap, p1, p2)
         e1, e2 = inside[p1], inside[p2]
         channel = self.channel.long()[species[centers[e1]], s1.minimum(s2), s1.maximum(s2)]
-        cos = ((vectors[e1] * vectors[e2]).sum(1) / (r[e1] * r[e2])).clamp(-1.0, 1.0)
-        return r, inside, p1, p2, channel, cos
+        r1, r2, q1, q2 = r_raw[e1], r_raw[e2], r[e1], r[e2]
+        cos = (vectors[e1] * vectors[e2]).sum(1) / (r1 * r2)
+        d = torch.linalg.vector_norm(vectors[e1] - vectors[e2], dim=1)
+        q = soft_floor(d, floor[s1, s2], floor_width)
+        # Law of cosines with the floored sides: 2 q1 q2 cos' = q1² + q2² - q², written as
+        # corrections to cos that are exactly 0 where no side is floored.
+        change = 0.5 * ((q1 - r1) * (q1 + r1) + (q2 - r2) * (q2 + r2) - (q - d) * (q + d))
+        cos = cos + ((r1 * r2 - q1 * q2) * cos + change) / (q1 * q2)
+        return r, inside, p1, p2, channel, cos.clamp(-1.0, 1.0)
 
     def radial_basis(self, r: Tensor) -> Tensor:
         """All n radial B-splines at each r [E] (Å), dense [E, n] (at most four non-zero)."""
@@ -134,14 +157,21 @@ class ThreeBodyPrior(nn.Module):
         return dense.view(-1, width)[:, 3 : 3 + self.n_basis]
 
     def atomic_energies(
-        self, species: Tensor, centers: Tensor, neighbors: Tensor, vectors: Tensor
+        self,
+        species: Tensor,
+        centers: Tensor,
+        neighbors: Tensor,
+        vectors: Tensor,
+        floor: Tensor,
+        floor_width: float,
     ) -> Tensor:
-        """ε_i [N] (eV, dtype of ``vectors`` [E, 3] Å) over a full edge list."""
+        """ε_i [N] (eV, dtype of ``vectors`` [E, 3] Å) over a full edge list, read through
+        the short-range floor ``floor`` [S, S] (Å, zeros: off; see ``_pairs``)."""
         n_atoms = species.shape[0]
         dtype, device = vectors.dtype, vectors.device
         n, lp1 = self.n_basis, self.lmax + 1
         r, inside, p1, p2, channel, cos = self._pairs(
-            species, centers, neighbors, vectors, ordered=False
+            species, centers, neighbors, vectors, False, floor, floor_width
         )
         radial = self.radial_basis(r[inside])  # [E', n], once per edge
         # Each unordered pair of neighbours once (half the work of the ordered sum in the
@@ -173,8 +203,10 @@ class ThreeBodyPrior(nn.Module):
         n_coef = self.coefficients.numel()
         lp1 = self.lmax + 1
         vectors = vectors.double()
+        # Fitting data lie above the floors by construction (they set them): none here.
+        no_floor = torch.zeros(self.channel.shape[0], self.channel.shape[0], dtype=torch.float64)
         r, inside, p1, p2, channel, cos = self._pairs(
-            species, centers, neighbors, vectors, ordered=True
+            species, centers, neighbors, vectors, True, no_floor, 1.0
         )
         e1, e2 = inside[p1], inside[p2]
         r1, r2 = r[e1], r[e2]
@@ -221,7 +253,11 @@ def _forces(prior: ThreeBodyPrior, graph) -> np.ndarray:
     """Forces [N, 3] (eV/Å, float64) of the term alone on a Graph."""
     vectors = torch.from_numpy(graph.vectors).double().requires_grad_(True)
     centers, neighbors = torch.from_numpy(graph.centers), torch.from_numpy(graph.neighbors)
-    energy = prior.atomic_energies(torch.from_numpy(graph.species), centers, neighbors, vectors)
+    n_species = prior.channel.shape[0]
+    no_floor = torch.zeros(n_species, n_species, dtype=torch.float64)
+    energy = prior.atomic_energies(
+        torch.from_numpy(graph.species), centers, neighbors, vectors, no_floor, 1.0
+    )
     (grad,) = torch.autograd.grad(energy.sum(), vectors)
     forces = torch.zeros(graph.n_atoms, 3, dtype=torch.float64)
     return forces.index_add(0, centers, grad).index_add(0, neighbors, -grad).numpy()

@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .gas_phase import cut_molecules, distorted_graphs, learned_force_msq
+from .gas_phase import cut_molecules, dimer_graphs, distorted_graphs, learned_force_msq
 from .graph import Graph, build_graph
-from .model import PET, PETConfig, atom_forces, count_parameters
+from .model import OPTIONAL_BUFFERS, PET, PETConfig, atom_forces, count_parameters
 from .pair import fit_pair_prior
 from .rotations import random_rotations
+from .short_range import shortest_distances
 from .threebody import fit_three_body
 from .training_config import TrainConfig
 
@@ -108,6 +109,85 @@ def fit_three_body_to_residual(model: PET, samples: list[Sample], ridge: float =
     with torch.no_grad():
         model.baseline.add_(torch.from_numpy(shift))
     return stats
+
+
+def _residual_targets(model: PET, samples: list[Sample]) -> list[tuple[float, np.ndarray]]:
+    """What ``model`` misses on each sample: energy (eV) and forces [N, 3] (eV/Å)."""
+    targets = []
+    for sample in samples:
+        energy, force = predict(model, collate([sample], None), create_graph=False)
+        targets.append(
+            (
+                sample.energy - float(energy[0].detach()),
+                sample.forces - force.detach().double().numpy(),
+            )
+        )
+    return targets
+
+
+def short_range_bounds(
+    graphs: list[Graph], n_species: int, monotone_quantile: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The shortest distance [S, S] (Å) of each species pair in ``graphs`` (where floors and
+    walls go) and its ``monotone_quantile`` quantile (below which the pair prior is fitted
+    non-increasing); 0 for a pair that never meets."""
+    monotone = np.zeros((n_species, n_species))
+    for a in range(n_species):
+        for b in range(n_species):
+            r = np.concatenate(
+                [
+                    np.linalg.norm(g.vectors, axis=1)[
+                        (g.species[g.centers] == a) & (g.species[g.neighbors] == b)
+                    ]
+                    for g in graphs
+                ]
+            )
+            monotone[a, b] = np.quantile(r, monotone_quantile) if len(r) else 0.0
+    return shortest_distances(graphs, n_species), monotone
+
+
+def set_short_range(model: PET, shortest: np.ndarray) -> None:
+    """Floors and pair walls of ``model`` at the distances ``shortest`` [S, S] (Å)."""
+    with torch.no_grad():
+        model.short_range.floor.copy_(torch.from_numpy(shortest))
+        model.pair.set_walls(torch.from_numpy(shortest))
+
+
+def guard_short_range(
+    model: PET, samples: list[Sample], smoothing: float, monotone_quantile: float
+) -> dict:
+    """Make a trained ``model`` physical below its data (:mod:`symbreak.short_range`):
+    floors and pair walls at the shortest distance of each species pair in ``samples``,
+    the pair prior refitted to what the rest of the model misses (non-increasing below the
+    ``monotone_quantile`` quantile of each pair's distances, curvature penalty
+    ``smoothing``), then the three-body prior (if any) refitted to the new residual.
+    Returns the distances used (Å) and the fits' train force errors (eV/Å)."""
+    shortest, monotone = short_range_bounds(
+        [s.graph for s in samples], len(model.species), monotone_quantile
+    )
+    set_short_range(model, shortest)
+    with torch.no_grad():
+        model.pair.coefficients.zero_()
+        model.baseline.zero_()
+    targets = _residual_targets(model, samples)  # learned part and three-body prior only
+    baseline, pair_fit = fit_pair_prior(
+        model.pair,
+        samples,
+        len(model.species),
+        monotone_below=monotone,
+        smoothing=smoothing,
+        targets=targets,
+    )
+    with torch.no_grad():
+        model.baseline.copy_(torch.from_numpy(baseline))
+    report = {
+        "shortest_A": shortest.tolist(),
+        "monotone_below_A": monotone.tolist(),
+        "pair_fit": pair_fit,
+    }
+    if model.use_three_body:
+        report["three_body_fit"] = fit_three_body_to_residual(model, samples)
+    return report
 
 
 @dataclass
@@ -222,9 +302,19 @@ class Trainer:
         self.model = PET(self.model_cfg)
         forces = np.concatenate([s.forces for s in self.train])
         force_rms = float(np.sqrt((forces**2).mean()))
+        shortest, monotone = short_range_bounds(
+            [s.graph for s in self.train], len(species), cfg.pair_monotone_quantile
+        )
+        set_short_range(self.model, shortest)
         if self.model.use_pair:
             # The prior takes the radial part; the PET's output scale is what remains.
-            baseline, stats = fit_pair_prior(self.model.pair, self.train, len(species))
+            baseline, stats = fit_pair_prior(
+                self.model.pair,
+                self.train,
+                len(species),
+                monotone_below=monotone,
+                smoothing=cfg.pair_smoothing,
+            )
             self.pair_fit = stats | {"force_rms": force_rms}
             force_rms = stats["force_rmse"]
         else:
@@ -232,6 +322,7 @@ class Trainer:
             self.pair_fit = {}
         self.model.baseline.copy_(torch.from_numpy(baseline))
         self.three_body_fit: dict = {}
+        self.short_range_fit: dict = {}
         if self.model.use_three_body:
             # The readouts start at zero: the residual is that of baseline + pair prior.
             self.three_body_fit = fit_three_body_to_residual(self.model, self.train)
@@ -348,6 +439,9 @@ class Trainer:
         graphs = distorted_graphs(
             self.gas_molecules, rng, cfg.gas_molecules, cfg.gas_noise, mc.cutoff, mc.species
         )
+        if cfg.gas_dimers:
+            floor = self.model.short_range.floor.numpy()
+            graphs += dimer_graphs(rng, cfg.gas_dimers, floor, mc.cutoff, mc.species)
         b = collate([Sample(g, 0.0, np.zeros((g.n_atoms, 3))) for g in graphs], None)
         return learned_force_msq(
             self.model, b.species, b.centers, b.neighbors, b.vectors, b.reverse
@@ -430,7 +524,11 @@ class Trainer:
                 if name in own and entries[name].shape != own[name].shape:
                     del entries[name]
             result = module.load_state_dict(entries, strict=False)
-            missing = [k for k in result.missing_keys if not k.startswith("three_body.")]
+            missing = [
+                k
+                for k in result.missing_keys
+                if not k.startswith("three_body.") and k not in OPTIONAL_BUFFERS
+            ]
             unexpected = result.unexpected_keys
             if missing or unexpected:
                 raise ValueError(
@@ -447,6 +545,27 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         if self.cfg.fit_three_body:
             self.refit_three_body()
+        if self.cfg.guard_short_range:
+            self.guard_short_range()
+
+    def guard_short_range(self) -> None:
+        """Short-range guards for the EMA model (:func:`guard_short_range`), its priors and
+        baseline then given to the model that trains on."""
+        cfg = self.cfg
+        self.short_range_fit = guard_short_range(
+            self.ema, self.train, cfg.pair_smoothing, cfg.pair_monotone_quantile
+        )
+        own = self.ema.state_dict()
+        names = [k for k in own if k.startswith(("pair.", "three_body.", "short_range."))]
+        with torch.no_grad():
+            for name in [*names, "baseline"]:
+                self.model.state_dict()[name].copy_(own[name])
+        fit = self.short_range_fit["pair_fit"]
+        print(
+            f"short-range guards set; pair prior refitted: train force MAE of the pair fit "
+            f"{1e3 * fit['force_mae']:.1f} meV/Å",
+            flush=True,
+        )
 
     def refit_three_body(self) -> None:
         """Fit the three-body prior to the residual of the EMA model (the one that is
@@ -526,6 +645,8 @@ class Trainer:
         }
         if self.three_body_fit:
             training["three_body_fit"] = self.three_body_fit
+        if self.short_range_fit:
+            training["short_range_fit"] = self.short_range_fit
         export_model(self.ema, self.cfg.output, self.model_cfg.to_dict(), training)
         out_json = Path(self.cfg.output).with_suffix(".metrics.json")
         out_json.write_text(json.dumps(training | {"history": self.history}, indent=1))

@@ -19,6 +19,11 @@ _HELP = {
     "part's forces on isolated molecules cut from the training frames (0: off)",
     "gas_molecules": "isolated molecules per optimiser step for the gas-phase term",
     "gas_noise": "Gaussian displacement (Å per component) of those molecules' atoms",
+    "gas_dimers": "isolated pairs of atoms per step for the gas-phase term (between the "
+    "data's shortest distance of the pair and the cutoff)",
+    "pair_monotone_quantile": "the pair prior is fitted non-increasing below this quantile "
+    "of each species pair's distances in the data",
+    "pair_smoothing": "curvature penalty of the pair prior's fit (eV^2/Å^3 per force component)",
 }
 
 
@@ -38,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "seed", "n_test", "n_val", "epochs", "batch_size", "lr", "lr_min", "warmup_steps",
         "ema_decay", "energy_weight_start", "energy_weight_end", "energy_weight_ramp",
         "threads", "max_minutes", "huber_delta", "spike_factor", "gas_weight",
-        "gas_molecules", "gas_noise",
+        "gas_molecules", "gas_noise", "gas_dimers", "pair_monotone_quantile",
+        "pair_smoothing",
     ):  # fmt: skip
         value = getattr(defaults, name)
         p.add_argument(
@@ -55,6 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help='with --resume: fit the three-body prior (--model-config \'{"three_body": '
         "true}') to the residual of the checkpoint's model, then continue",
+    )
+    p.add_argument(
+        "--guard-short-range",
+        action="store_true",
+        help="with --resume: set the short-range floors and walls from the data and refit "
+        "the priors of the checkpoint's model to them (symbreak.short_range), then continue",
     )
     p.add_argument(
         "--force-loss",
@@ -90,6 +102,8 @@ def _main(args: argparse.Namespace) -> int:
         problem = "--new-schedule continues a run: use it with --resume"
     if args.fit_three_body and not args.resume:
         problem = "--fit-three-body refits a trained model: use it with --resume"
+    if args.guard_short_range and not args.resume:
+        problem = "--guard-short-range refits a trained model: use it with --resume"
     try:
         model = json.loads(args.model_config)
     except json.JSONDecodeError as err:

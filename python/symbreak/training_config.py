@@ -60,4 +60,16 @@ class TrainConfig:
     gas_weight: float = 0.0
     gas_molecules: int = 8
     gas_noise: float = 0.05
+    # ... and as many isolated pairs of atoms per step, at distances from the data's
+    # shortest (symbreak.short_range) to the cutoff: each dimer curve is left to the pair
+    # prior. 0: none.
+    gas_dimers: int = 0
+    # Short-range guards (symbreak.short_range): floors and pair walls at the training
+    # data's shortest distance of each species pair, and the pair prior's fit made
+    # non-increasing below the pair_monotone_quantile quantile of the pair's distances, with
+    # curvature penalty pair_smoothing (eV²/Å³ per force component). Fresh runs always get
+    # them; on resume, guard_short_range refits the priors of the checkpoint's model.
+    pair_monotone_quantile: float = 0.01
+    pair_smoothing: float = 1e-4
+    guard_short_range: bool = False
     model: dict = field(default_factory=dict)  # PETConfig overrides

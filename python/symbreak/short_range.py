@@ -1,0 +1,74 @@
+"""Where the training data end: the floor below which the model reads no shorter contact.
+
+A fitted model knows nothing about distances its training data never reached, and a
+network or a spline extrapolates there at random: the sitting-8 water model gave a +76 eV
+spike at O–O 2.0 Å and pulled H atoms together below 0.6 Å. Physics says what happens
+there instead: the energy rises steeply and monotonically as two atoms are pushed
+together. symbreak's models get that from three pieces, each exact where the data are:
+
+* the **pair prior** (:mod:`symbreak.pair`) continues below the data's shortest distance
+  of each species pair as a repulsive exponential wall joined to the spline with the same
+  value, slope and curvature, so the wall carries all short-range repulsion;
+* the **learned part** (the transformer) and the **three-body prior** read every edge
+  length through :func:`soft_floor`: unchanged down to the data's shortest distance r₀ of
+  its species pair, then bending smoothly onto a floor at r₀ − ``width``. Below r₀ they see
+  a contact they were trained on, and their energy stops depending on the contact's length,
+  so they cannot undo the wall; the three-body prior also reads the distance between the
+  two neighbours through the floor, which bounds it as an angle closes;
+* the pair prior's fit (:func:`symbreak.pair.fit_pair_prior`) keeps the spline monotone
+  below the well-sampled range and penalises its curvature, so thin data (three O–O
+  samples between 1.5 and 2.4 Å) give a smooth curve, not an oscillation.
+
+``floor`` [S, S] (Å) is measured from the training frames (:func:`shortest_distances`) and
+stored in the model; 0 switches the floor off (files made before it have none).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+def soft_floor(r: Tensor, floor: Tensor, width: float) -> Tensor:
+    """r [E] where r ≥ floor [E] (exactly), floor − width·tanh((floor − r)/width) below it:
+    C² at the floor (slope 1, curvature 0 on both sides), never below floor − width, and
+    flat (zero slope) far below it. Lengths in Å."""
+    below = (floor - r).clamp(min=0.0)
+    return r + (below - width * torch.tanh(below / width))
+
+
+class ShortRangeFloor(nn.Module):
+    """The floor of each species pair (module docstring). ``floor`` [S, S] (Å, 0: off)."""
+
+    def __init__(self, n_species: int, width: float = 0.1):
+        super().__init__()
+        self.width = float(width)
+        self.register_buffer("floor", torch.zeros(n_species, n_species, dtype=torch.float64))
+
+    def lengths(self, species_a: Tensor, species_b: Tensor, r: Tensor) -> Tensor:
+        """Edge lengths [E] (Å) through the floor of the species pairs (a, b) [E] each."""
+        floor = self.floor.to(r.dtype)[species_a.long(), species_b.long()]
+        return soft_floor(r, floor, self.width)
+
+    def vectors(
+        self, species: Tensor, centers: Tensor, neighbors: Tensor, vectors: Tensor
+    ) -> Tensor:
+        """Edge vectors [E, 3] (Å) with their lengths through the floor, directions kept;
+        bit-identical to ``vectors`` for every edge at or above its floor."""
+        r = torch.linalg.vector_norm(vectors, dim=1)
+        stretch = self.lengths(species[centers], species[neighbors], r) - r  # 0 above the floor
+        return vectors + vectors * (stretch / r)[:, None]
+
+
+def shortest_distances(graphs: list, n_species: int) -> np.ndarray:
+    """The shortest distance [S, S] (Å, symmetric) of each species pair over the edges of
+    ``graphs`` (:class:`symbreak.graph.Graph`); 0 for a pair that never meets within the
+    cutoff (no floor: nothing is known about it)."""
+    shortest = np.full((n_species, n_species), np.inf)
+    for g in graphs:
+        r = np.linalg.norm(g.vectors, axis=1)
+        a, b = g.species[g.centers], g.species[g.neighbors]
+        np.minimum.at(shortest, (a, b), r)
+        np.minimum.at(shortest, (b, a), r)
+    return np.where(np.isfinite(shortest), shortest, 0.0)
