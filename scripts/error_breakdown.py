@@ -10,8 +10,9 @@ are those recorded in the (first) model's metadata. Each frame goes in one class
 - ``ions``: otherwise (OH⁻/H₃O⁺ pairs, shared or stretched protons), with no H–H pair
   closer than 1.0 Å;
 - ``H2``: some H–H pair closer than 1.0 Å (molecular hydrogen: bond breaking).
-For every model and class it prints the frames, energy MAE (meV/atom) and force MAE and RMSE
-(meV/Å), plain model (no averaging). Sitting 8 found that the revPBE0-D3 frames are not all
+For every model and class it prints the frames, energy MAE (meV/atom), force MAE and RMSE
+(meV/Å) and the worst atom (the largest |ΔF| vector, eV/Å: frame and atom index), plain model
+(no averaging). Sitting 8 found that the revPBE0-D3 frames are not all
 liquid water near equilibrium: 65 of 160 hold ions or H2, and those carry most of the error.
 """
 
@@ -73,8 +74,14 @@ def main() -> None:
     for c in CLASSES[:-1]:
         members = np.array(indices)[classes == c]
         print(f"  {c:7s} {len(members):3d}: {', '.join(map(str, members))}")
-    header = f"{'model':34s} {'class':7s} {'frames':>6s} {'E MAE':>7s} {'F MAE':>7s} {'F RMSE':>7s}"
-    print(f"\n{header}\n{'':34s} {'':7s} {'':6s} {'meV/at':>7s} {'meV/Å':>7s} {'meV/Å':>7s}")
+    header = (
+        f"{'model':34s} {'class':7s} {'frames':>6s} {'E MAE':>7s} {'F MAE':>7s} {'F RMSE':>7s}"
+        f" {'worst atom':>20s}"
+    )
+    print(
+        f"\n{header}\n{'':34s} {'':7s} {'':6s} {'meV/at':>7s} {'meV/Å':>7s} {'meV/Å':>7s}"
+        f" {'eV/Å (frame:atom)':>20s}"
+    )
     for model in args.models:
         e_err, f_err = errors(model, frames)
         for c in CLASSES:
@@ -82,9 +89,18 @@ def main() -> None:
             if not pick.any():
                 continue
             f = np.concatenate([f_err[k].ravel() for k in np.flatnonzero(pick)])
+            worst = max(
+                (
+                    float(np.linalg.norm(f_err[k], axis=1).max()),
+                    indices[k],
+                    int(np.linalg.norm(f_err[k], axis=1).argmax()),
+                )
+                for k in np.flatnonzero(pick)
+            )
             print(
                 f"{model[-34:]:34s} {c:7s} {pick.sum():6d} {np.abs(e_err[pick]).mean():7.2f} "
                 f"{np.abs(f).mean():7.1f} {np.sqrt((f**2).mean()):7.1f}"
+                f" {worst[0] / 1e3:8.2f} ({worst[1]}:{worst[2]})".rjust(21)
             )
 
 

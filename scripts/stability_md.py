@@ -7,7 +7,9 @@ the one whose O–H bonds are closest to 0.97 Å (the data hold hot, distorted f
 bonds outside the checked range).
 Molecules are found by distance at the start (each O with its two nearest H); every
 ``--every`` steps the intramolecular O–H distances are checked against
-[``--oh-min``, ``--oh-max``] Å. The run stops at the first violation. Writes a JSON summary
+[``--oh-min``, ``--oh-max``] Å and every O–O distance against ``--oo-min`` Å (a molecule
+pushed into another: where a model without short-range physics collapses). The run stops
+at the first violation. Writes a JSON summary
 and a PNG (O–H extremes and temperature against time) to ``--out``.
 
 Usage: ``python scripts/stability_md.py [--model water-revpbe0d3] [--ps 10] [--threads 2]
@@ -40,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--friction", type=float, default=0.01, help="Langevin friction (1/fs)")
     p.add_argument("--average", default="none", help="averaging policy (default: plain)")
     p.add_argument("--every", type=int, default=10, help="steps between bond checks")
-    p.add_argument("--oh-min", type=float, default=0.8)
-    p.add_argument("--oh-max", type=float, default=1.3)
+    p.add_argument("--oh-min", type=float, default=0.75)
+    p.add_argument("--oh-max", type=float, default=1.35)
+    p.add_argument("--oo-min", type=float, default=2.2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/stability")
@@ -96,7 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         rng=rng,
     )
     n_steps = int(round(args.ps * 1000 / args.timestep))
-    times, oh_lo, oh_hi, temps, epot = [], [], [], [], []
+    oxygens = np.flatnonzero(atoms.numbers == 8)
+
+    def shortest_oo(a) -> float:
+        d = a[oxygens].get_all_distances(mic=True)
+        return float(d[np.triu_indices(len(oxygens), 1)].min())
+
+    times, oh_lo, oh_hi, oo_lo, temps, epot = [], [], [], [], [], []
     failure = None
 
     t0 = time.perf_counter()
@@ -109,14 +118,22 @@ def main(argv: list[str] | None = None) -> int:
             times.append(step * args.timestep / 1000)
             oh_lo.append(float(r.min()))
             oh_hi.append(float(r.max()))
+            oo_lo.append(shortest_oo(atoms))
             temps.append(float(atoms.get_temperature()))
             epot.append(float(atoms.get_potential_energy()))
-            bar.set_postfix(T=f"{temps[-1]:.0f}K", OH=f"{oh_lo[-1]:.2f}-{oh_hi[-1]:.2f}")
+            bar.set_postfix(
+                T=f"{temps[-1]:.0f}K", OH=f"{oh_lo[-1]:.2f}-{oh_hi[-1]:.2f}", OO=f"{oo_lo[-1]:.2f}"
+            )
             if r.min() < args.oh_min or r.max() > args.oh_max:
                 m, h = np.unravel_index(np.argmax(np.abs(r - 1.0)), r.shape)
                 failure = (
                     f"at {times[-1]:.3f} ps: O {waters[m, 0]} - H {waters[m, h + 1]} is "
                     f"{r[m, h]:.3f} Å (allowed {args.oh_min}-{args.oh_max})"
+                )
+                break
+            if oo_lo[-1] < args.oo_min:
+                failure = (
+                    f"at {times[-1]:.3f} ps: an O–O distance is {oo_lo[-1]:.3f} Å (< {args.oo_min})"
                 )
                 break
     wall = time.perf_counter() - t0
@@ -133,12 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         "mean_temperature_K": float(np.mean(temps[len(temps) // 5 :])),
         "oh_min_A": min(oh_lo),
         "oh_max_A": max(oh_hi),
+        "oo_min_A": min(oo_lo),
         "stable": failure is None,
         "failure": failure,
         "wall_seconds": wall,
         "seconds_per_step": wall / max(len(times) - 1, 1) / args.every,
     }
-    (out / "stability.json").write_text(json.dumps(summary, indent=1))
+    (out / f"stability_{args.temperature:.0f}K.json").write_text(json.dumps(summary, indent=1))
     fig, (ax1, ax2) = new_figure(2, 1, size=(7, 5))
     ax1.plot(times, oh_lo, label="shortest O–H")
     ax1.plot(times, oh_hi, label="longest O–H")
@@ -150,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ax2.set_xlabel("time (ps)")
     ax2.set_ylabel("T (K)")
     ax1.set_title(f"{args.model}, {len(waters)} H2O, Langevin NVT {args.temperature:.0f} K")
-    save_figure(fig, out / "stability.png")
+    save_figure(fig, out / f"stability_{args.temperature:.0f}K.png")
     print(json.dumps(summary, indent=1))
     return 0 if failure is None else 1
 
