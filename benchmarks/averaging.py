@@ -57,7 +57,12 @@ def worker(case: dict) -> dict:
     symbreak.evaluator.JIT_OPTIMIZE = case["jit_optimize"]
     from symbreak.rotations import AveragingPolicy
 
-    ev = Evaluator(case["model"], rotation_batch=case["rotation_batch"], workers=case["workers"])
+    ev = Evaluator(
+        case["model"],
+        rotation_batch=case["rotation_batch"],
+        workers=case["workers"],
+        device=case.get("device", "cpu"),
+    )
     atoms = water(case["size"])
     structure = Structure.from_atoms(atoms)
     n_edges = len(ev.graph(structure).centers)
@@ -149,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run TorchScript with its optimising executor (the evaluator turns it off)",
     )
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda[:N]")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -170,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "separate_calls": args.separate_calls,
         "jit_optimize": args.jit_optimize,
+        "device": args.device,
     }
     print(f"model: {args.model or 'random default-size PET (PETConfig())'}, float32, ", end="")
-    print(f"{args.threads} thread(s), TorchScript optimising executor ", end="")
+    print(
+        f"device {args.device}, {args.threads} thread(s), TorchScript optimising executor ", end=""
+    )
     print("on" if args.jit_optimize else "off")
     header = (
         f"{'atoms':>6} {'edges':>6} {'grid':>10} {'K':>4} {'wrk':>4} {'batch':>6} | "

@@ -73,6 +73,7 @@ def main() -> int:
     p.add_argument("--sizes", default="192,1536,12288")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = p.parse_args()
 
     import torch
@@ -85,12 +86,12 @@ def main() -> int:
     if model == "random":
         model = export_random_model(Path(tempfile.mkdtemp()) / "random.pt")
     loaded = load_model(model)
-    ev = Evaluator(loaded, dtype=torch.float32)
+    ev = Evaluator(loaded, dtype=torch.float32, device=args.device)
     d = int(loaded.metadata.config["d_model"])
     square = matmul_gflops(2048, 2048, 2048)
     print(
         f"model {args.model}: {sum(p.numel() for p in loaded.module.parameters())} parameters, "
-        f"float32, {args.threads} thread(s), torch {torch.__version__}"
+        f"float32, {args.threads} thread(s), device {args.device}, torch {torch.__version__}"
     )
     print(f"peer: torch.mm 2048x2048x2048 float32: {square:.0f} GFLOP/s\n")
     header = (

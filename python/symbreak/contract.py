@@ -343,7 +343,8 @@ class AveragedModel(ContractModel):
         device = positions.device
         f64 = torch.float64
         base = self._vectors(positions, cells, structure, centers, neighbors, shifts).to(dtype)
-        rotations = rotations.to(dtype)
+        rotations = rotations.to(device=device, dtype=dtype)  # drawn on the CPU
+        weights = weights.to(device=device)
         weights_c = weights.to(dtype)
         if rotation_batch <= 0:  # automatic: the rotated edges of a call within the budget
             rotation_batch = max(1, self.edge_budget // max(n_edges, 1))

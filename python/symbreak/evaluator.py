@@ -101,7 +101,9 @@ class Evaluator:
     threads, while the rotated edges in flight fit the edge budget; 1: sequential).
     ``extensions_directory``: where a metatomic model's TorchScript extensions are, when
     they are not installed (symbreak models and metatomic files are told apart by
-    :func:`~symbreak.export.load_model`).
+    :func:`~symbreak.export.load_model`). ``device``: where the model runs, ``"cpu"``
+    (default), ``"cuda"`` or ``"cuda:N"``; the neighbour list is built on the CPU, the
+    graph goes to the device once per call and only the reply comes back.
     """
 
     def __init__(
@@ -112,7 +114,9 @@ class Evaluator:
         dtype: torch.dtype | None = None,
         workers: int | None = None,
         extensions_directory: str | Path | None = None,
+        device: str | torch.device | None = None,
     ):
+        self.device = resolve_device(device)
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             raise ValueError(
                 f"workers must be an integer >= 1 or None (automatic), not {workers!r}"
@@ -131,13 +135,16 @@ class Evaluator:
         if dtype is None:  # the model's own precision
             first = next(self.module.parameters(), None)
             dtype = first.dtype if first is not None else torch.float32
-        if dtype == torch.float64:
-            # .double() converts in place: convert a copy, as the loaded model may be
-            # shared with float32 evaluators (which would then fail on float64 weights).
-            with torch.no_grad():
-                self.module = copy.deepcopy(self.module).double()
-        elif dtype != torch.float32:
+        if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, not {dtype}")
+        if dtype == torch.float64 or self.device.type != "cpu":
+            # .double() and .to() convert in place: convert a copy, as the loaded model may
+            # be shared with other evaluators (which would then fail on its new weights).
+            with torch.no_grad():
+                self.module = copy.deepcopy(self.module)
+                if dtype == torch.float64:
+                    self.module = self.module.double()
+                self.module = self.module.to(self.device)
         self.dtype = dtype
         self.species = list(self.model.metadata.species)
         self.cutoff = float(self.model.metadata.cutoff)
@@ -198,12 +205,13 @@ class Evaluator:
         inputs = _pack(structures, graphs)
         n_edges = int(inputs["centers"].shape[0])
         k = len(weights)
-        threads = torch.get_num_threads()
+        # On an accelerator one worker feeds the device; on the CPU one per torch thread.
+        threads = torch.get_num_threads() if self.device.type == "cpu" else 1
         budget = int(self.module.edge_budget)
         workers, batch = rotation_plan(
             k, n_edges, threads, self.workers, self.rotation_batch, budget
         )
-        args = [inputs[name] for name in _INPUTS]
+        args = [inputs[name].to(self.device, non_blocking=True) for name in _INPUTS]
 
         def run(start: int, stop: int) -> dict[str, torch.Tensor]:
             """Rotations start..stop-1 (grad mode and the JIT flag are per thread)."""
@@ -228,7 +236,9 @@ class Evaluator:
                 # The workers' torch.set_num_threads also set torch's default for threads
                 # started later: give it back the caller's value.
                 torch.set_num_threads(threads)
-        out = self.module.finalize(raw, inputs["structure"], inputs["selected"])
+        out = self.module.finalize(raw, args[_INPUTS.index("structure")], args[-1])
+        if self.device.type != "cpu":
+            out = {name: value.detach().cpu() for name, value in out.items()}
         self.calls += 1
         return _unpack(out, inputs, policy, gradients)
 
@@ -249,6 +259,30 @@ class Evaluator:
     def __call__(self, atoms, policy=None) -> Result:
         """Convenience: one ASE Atoms object."""
         return self.compute(Structure.from_atoms(atoms), policy)[0]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` ("cpu", "cuda", "cuda:N", a torch.device; None: the CPU) as a
+    torch.device; ValueError naming it if torch cannot use it here."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a torch device ({err})") from None
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type != "cuda":
+        raise ValueError(f"device {device!r}: symbreak runs on 'cpu' or 'cuda[:N]'")
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r} asked, but this torch ({torch.__version__}) sees no CUDA "
+            "device (torch.cuda.is_available() is False)"
+        )
+    count = torch.cuda.device_count()
+    if resolved.index is not None and resolved.index >= count:
+        raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s)")
+    return resolved
 
 
 def rotation_plan(

@@ -60,6 +60,7 @@ class SymbreakCalculator(Calculator):
     threads (None: automatic, see :class:`Evaluator`). ``dtype``: torch.float32 or
     torch.float64 (None: the precision of the model file, float32 for the shipped models).
     ``extensions_directory``: a metatomic model's TorchScript extensions, if not installed.
+    ``device``: where the model runs ("cpu", "cuda", "cuda:N"; see :class:`Evaluator`).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -74,6 +75,7 @@ class SymbreakCalculator(Calculator):
         dtype: torch.dtype | None = None,
         workers: int | None = None,
         extensions_directory: str | Path | None = None,
+        device: str | torch.device | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -90,6 +92,10 @@ class SymbreakCalculator(Calculator):
                 raise ValueError(
                     f"workers {workers} differs from the shared Evaluator's {model.workers}"
                 )
+            if device is not None and torch.device(device) != model.device:
+                raise ValueError(
+                    f"device {device} differs from the shared Evaluator's {model.device}"
+                )
             self.evaluator = model
         else:
             self.evaluator = Evaluator(
@@ -98,6 +104,7 @@ class SymbreakCalculator(Calculator):
                 dtype=dtype,
                 workers=workers,
                 extensions_directory=extensions_directory,
+                device=device,
             )
 
     def set_average(

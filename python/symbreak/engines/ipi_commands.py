@@ -60,6 +60,7 @@ def register(subparsers) -> None:
         help="folder of a metatomic model's TorchScript extensions (if not installed)",
     )
     p.add_argument("--seed", type=int, help="seed of the random rotations")
+    p.add_argument("--device", help="where the model runs: cpu (default), cuda or cuda:N")
     p.add_argument("--rotation-batch", type=int, help="rotations per model call (memory bound)")
     p.add_argument(
         "--workers",
@@ -141,6 +142,7 @@ def _serve(args) -> int:
             workers=args.workers,
             pbc=not args.no_pbc,
             extensions_directory=args.extensions,
+            device=args.device,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"symbreak serve: {err}", file=sys.stderr)

@@ -81,6 +81,7 @@ class SymbreakDriver:
         evaluator: Evaluator | None = None,
         workers: int | None = None,
         extensions_directory: str | Path | None = None,
+        device: str | None = None,
     ):
         self.numbers = read_species(template, species)
         self.evaluator = evaluator or Evaluator(
@@ -88,6 +89,7 @@ class SymbreakDriver:
             rotation_batch=rotation_batch,
             workers=workers,
             extensions_directory=extensions_directory,
+            device=device,
         )
         self.pbc = bool(pbc)
         self._lock = threading.Lock()

@@ -15,10 +15,11 @@ or with i-PI's Python driver over a socket::
 Options: ``model`` (a shipped name, a symbreak or a metatomic model file),
 ``extensions_directory`` (a metatomic model's extensions), ``template`` (or ``species``),
 ``average`` (the policy text, e.g. ``lebedev:3+inv``), ``inversion``, ``seed``,
-``rotation_batch``, ``workers``, ``pbc``, ``control`` (an address: opens the run-time
-control channel used by ``symbreak control --address``), ``sockets_prefix`` (of that
-channel). i-PI works in atomic units with cells as columns; this file converts to and from
-Å/eV and rows, with i-PI's own unit factors (:mod:`symbreak.engines.units`).
+``rotation_batch``, ``workers``, ``device`` (cpu, cuda, cuda:N), ``pbc``, ``control`` (an
+address: opens the run-time control channel used by ``symbreak control --address``),
+``sockets_prefix`` (of that channel). i-PI works in atomic units with cells as columns; this
+file converts to and from Å/eV and rows, with i-PI's own unit factors
+(:mod:`symbreak.engines.units`).
 """
 
 from __future__ import annotations

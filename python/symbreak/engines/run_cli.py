@@ -28,6 +28,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="folder of a metatomic model's TorchScript extensions (passed to the clients)",
     )
+    p.add_argument(
+        "--device", help="where the clients run the model: cpu (default), cuda or cuda:N"
+    )
     p.add_argument("--clients", type=int, default=1, help="clients per <ffsocket> (0: start none)")
     p.add_argument("--timeout", type=float, help="stop everything after this many seconds")
     p.add_argument(
@@ -111,7 +114,9 @@ def options_from_args(args: argparse.Namespace) -> LaunchOptions:
         progress=args.progress,
         progress_interval=args.progress_interval,
         dry_run=args.dry_run,
-        client_args=_average_args(args.average) + _extensions_args(args.extensions),
+        client_args=_average_args(args.average)
+        + _extensions_args(args.extensions)
+        + _device_args(args.device),
     )
     opts.validate()
     return opts
@@ -135,6 +140,19 @@ def _extensions_args(directory: str | None) -> list[str]:
     if not path.is_dir():
         raise LaunchError(f"--extensions {directory}: no such directory")
     return ["--extensions", str(path)]
+
+
+def _device_args(device: str | None) -> list[str]:
+    """``symbreak serve`` options for ``--device D`` (checked here, before i-PI starts)."""
+    if not device:
+        return []
+    from ..evaluator import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError as err:
+        raise LaunchError(f"--device: {err}") from None
+    return ["--device", device]
 
 
 def _run(args: argparse.Namespace) -> int:
