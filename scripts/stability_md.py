@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oh-min", type=float, default=0.75)
     p.add_argument("--oh-max", type=float, default=1.35)
     p.add_argument("--oo-min", type=float, default=2.2)
+    p.add_argument(
+        "--rdf-after", type=float, default=1.0, help="ps of equilibration before g_OO frames"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/stability")
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return float(d[np.triu_indices(len(oxygens), 1)].min())
 
     times, oh_lo, oh_hi, oo_lo, temps, epot = [], [], [], [], [], []
+    rdf_frames = []  # positions every --every steps after --rdf-after ps, for g_OO
     failure = None
 
     t0 = time.perf_counter()
@@ -119,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             oh_lo.append(float(r.min()))
             oh_hi.append(float(r.max()))
             oo_lo.append(shortest_oo(atoms))
+            if times[-1] >= args.rdf_after:
+                rdf_frames.append(atoms.get_positions(wrap=True))
             temps.append(float(atoms.get_temperature()))
             epot.append(float(atoms.get_potential_energy()))
             bar.set_postfix(
@@ -137,6 +143,16 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 break
     wall = time.perf_counter() - t0
+    g_oo = {}
+    if len(rdf_frames) > 10:
+        from symbreak.analysis.rdf import rdf
+
+        result = rdf(np.array(rdf_frames), atoms.cell.array, atoms.get_chemical_symbols(), "OO")
+        g_oo = {k: float(v) for k, v in result.peaks().items()} | {
+            "frames": len(rdf_frames),
+            "r": result.r.round(4).tolist(),
+            "g": result.g.round(4).tolist(),
+        }
     summary = {
         "model": args.model,
         "start_frame": start_frame,
@@ -155,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "failure": failure,
         "wall_seconds": wall,
         "seconds_per_step": wall / max(len(times) - 1, 1) / args.every,
+        "g_OO": g_oo,
     }
     (out / f"stability_{args.temperature:.0f}K.json").write_text(json.dumps(summary, indent=1))
     fig, (ax1, ax2) = new_figure(2, 1, size=(7, 5))
@@ -169,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     ax2.set_ylabel("T (K)")
     ax1.set_title(f"{args.model}, {len(waters)} H2O, Langevin NVT {args.temperature:.0f} K")
     save_figure(fig, out / f"stability_{args.temperature:.0f}K.png")
-    print(json.dumps(summary, indent=1))
+    brief = {k: v for k, v in summary.items() if k != "g_OO"}
+    brief["g_OO first peak"] = {k: v for k, v in g_oo.items() if k not in ("r", "g")}
+    print(json.dumps(brief, indent=1))
     return 0 if failure is None else 1
 
 
