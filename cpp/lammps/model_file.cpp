@@ -7,6 +7,7 @@
 #include <dlfcn.h>
 #include <link.h>
 #include <sys/stat.h>
+#include <torch/cuda.h>
 #include <torch/version.h>
 
 #include <algorithm>
@@ -251,8 +252,8 @@ std::string join(const std::vector<int>& values) {
 }
 
 // Loaded models, kept across pair style re-creation (a new pair_style command, a `clear`):
-// switching the averaging never reloads the file. Keyed by real path, size, mtime and
-// dtype, so an edited file is reloaded. Deliberately leaked (no exit-order issues).
+// switching the averaging never reloads the file. Keyed by real path, size, mtime, dtype
+// and device, so an edited file is reloaded. Deliberately leaked (no exit-order issues).
 std::map<std::string, std::shared_ptr<Model>>& model_cache() {
   static auto* cache = new std::map<std::string, std::shared_ptr<Model>>();
   return *cache;
@@ -312,9 +313,31 @@ std::string script_error(const std::exception& err) {
   return found.empty() ? what.substr(what.find_last_of('\n') + 1) : found;
 }
 
+torch::Device resolve_device(const std::string& text) {
+  torch::Device device = torch::kCPU;
+  try {
+    device = torch::Device(text);
+  } catch (const std::exception& err) {
+    throw std::runtime_error("device '" + text + "' is not a torch device (" + script_error(err) +
+                             ")");
+  }
+  if (device.is_cpu()) return device;
+  if (!device.is_cuda())
+    throw std::runtime_error("device '" + text + "': symbreak runs on 'cpu' or 'cuda[:N]'");
+  if (!torch::cuda::is_available())
+    throw std::runtime_error("device '" + text + "' asked, but this libtorch (" + TORCH_VERSION +
+                             ") sees no CUDA device (torch::cuda::is_available() is false)");
+  const auto count = torch::cuda::device_count();
+  if (device.has_index() && static_cast<size_t>(device.index()) >= count)
+    throw std::runtime_error("device '" + text + "': this machine has " + std::to_string(count) +
+                             " CUDA device(s)");
+  return device;
+}
+
 std::shared_ptr<Model> load_model(const std::string& path, const std::string& dtype_request,
-                                  const std::string& extensions_directory, bool& from_cache) {
-  const std::string key = file_key(path) + "|" + dtype_request;
+                                  const std::string& extensions_directory,
+                                  const torch::Device& device, bool& from_cache) {
+  const std::string key = file_key(path) + "|" + dtype_request + "|" + device.str();
   auto& cache = model_cache();
   const auto found = cache.find(key);
   if (found != cache.end()) {
@@ -458,6 +481,10 @@ std::shared_ptr<Model> load_model(const std::string& path, const std::string& dt
   // Forces need gradients with respect to the edge vectors only; with trainable weights
   // TorchScript's backward would also compute every weight gradient (~1.45x the time).
   for (auto p : module.parameters()) p.requires_grad_(false);
+  // Parameters and buffers (the grid tables included) on the device; the inputs go there
+  // once per force call (pair_symbreak.cpp).
+  if (!device.is_cpu()) module.to(device);
+  model->device = device;
   // Other entries of the same file (an older version of it) are dropped.
   const std::string real = file_key(path).substr(0, file_key(path).find('|'));
   for (auto it = cache.begin(); it != cache.end();)

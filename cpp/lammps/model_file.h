@@ -3,8 +3,8 @@
 // what a contract file around a metatomic model needs before torch::jit::load (metatomic's
 // and metatensor's TorchScript classes, registered by linking libmetatomic_torch /
 // libmetatensor_torch, see CMakeLists.txt, and the model's TorchScript extensions), the
-// contract and metadata checks, the dtype, and the cache of loaded models. No LAMMPS state:
-// errors are std::runtime_error, whose message the pair style reports as it is.
+// contract and metadata checks, the dtype, the device, and the cache of loaded models. No
+// LAMMPS state: errors are std::runtime_error, whose message the pair style reports as it is.
 
 #ifndef SYMBREAK_MODEL_FILE_H
 #define SYMBREAK_MODEL_FILE_H
@@ -19,7 +19,8 @@
 namespace symbreak {
 
 //! A loaded model file: the TorchScript module (eval mode, parameters without gradients, in
-//! `dtype`) and the contract attributes the pair style needs (checked against metadata.json).
+//! `dtype`, on `device`) and the contract attributes the pair style needs (checked against
+//! metadata.json).
 struct Model {
   torch::jit::Module module;
   std::string path;
@@ -31,6 +32,7 @@ struct Model {
   int n_layers = 1;  // hops of cutoff length that span the receptive field
   std::string torch_version;
   torch::Dtype dtype = torch::kFloat32;
+  torch::Device device = torch::kCPU;
   bool metatomic = false;      // a contract file around a metatomic model
   std::string metatomic_name;  // its name (metadata.json config.name)
 };
@@ -43,11 +45,18 @@ std::string resolve_model_path(const std::string& arg);
 //! file refused (raw) or prepared (wrapped, its extensions from `extensions_directory` when
 //! not empty), the torch version, the contract version and entry points, metadata.json
 //! against the module's attributes. `dtype_request` is "auto" (as the file holds),
-//! "float64" (converted) or "float32" (a float64 file is refused). Models are cached for the
-//! life of the process, keyed by the file (real path, size, mtime) and `dtype_request`;
-//! `from_cache` says whether this one was. Throws std::runtime_error with the message to show.
+//! "float64" (converted) or "float32" (a float64 file is refused); the module is then moved
+//! to `device` (from resolve_device). Models are cached for the life of the process, keyed by
+//! the file (real path, size, mtime), `dtype_request` and `device`; `from_cache` says whether
+//! this one was. Throws std::runtime_error with the message to show.
 std::shared_ptr<Model> load_model(const std::string& path, const std::string& dtype_request,
-                                  const std::string& extensions_directory, bool& from_cache);
+                                  const std::string& extensions_directory,
+                                  const torch::Device& device, bool& from_cache);
+
+//! The device `text` names ("cpu", "cuda", "cuda:N"), as symbreak.evaluator.resolve_device:
+//! throws std::runtime_error naming it if torch cannot parse it, if it is neither the CPU nor
+//! CUDA, or if this libtorch sees no such CUDA device.
+torch::Device resolve_device(const std::string& text);
 
 //! The atomic number of an element symbol ("O" -> 8), -1 if it is none.
 int atomic_number(const std::string& symbol);

@@ -153,6 +153,7 @@ void PairSymbreak::settings(int narg, char** arg) {
   int rotation_batch = 0;
   std::string dtype = "auto";
   std::string extensions;  // a metatomic model's TorchScript extensions directory
+  torch::Device device = torch::kCPU;
   Mode mode = Mode::Auto;
   for (int i = 1; i < narg; i += 2) {
     const std::string key = arg[i];
@@ -179,6 +180,12 @@ void PairSymbreak::settings(int narg, char** arg) {
       if (value != "float32" && value != "float64")
         error->all(FLERR, "pair_style symbreak: dtype must be float32 or float64, not '{}'", value);
       dtype = value;
+    } else if (key == "device") {
+      try {
+        device = symbreak::resolve_device(value);
+      } catch (const std::exception& err) {
+        error->all(FLERR, "pair_style symbreak: {}", err.what());
+      }
     } else if (key == "extensions") {
       extensions = value;
     } else if (key == "mode") {
@@ -194,7 +201,7 @@ void PairSymbreak::settings(int narg, char** arg) {
     } else {
       error->all(FLERR,
                  "pair_style symbreak: unknown keyword '{}' (valid: average, inversion, seed, "
-                 "rotation_batch, dtype, mode, extensions)",
+                 "rotation_batch, dtype, device, mode, extensions)",
                  key);
     }
   }
@@ -202,8 +209,8 @@ void PairSymbreak::settings(int narg, char** arg) {
   std::shared_ptr<symbreak::Model> model;
   bool from_cache = false;
   try {
-    model =
-        symbreak::load_model(symbreak::resolve_model_path(arg[0]), dtype, extensions, from_cache);
+    model = symbreak::load_model(symbreak::resolve_model_path(arg[0]), dtype, extensions, device,
+                                 from_cache);
   } catch (const std::exception& err) {
     error->all(FLERR, "pair_style symbreak: {}", err.what());
   }
@@ -214,12 +221,12 @@ void PairSymbreak::settings(int narg, char** arg) {
     policy = symbreak::policy_text(*model, average, inversion, seed, seed_defaulted);
     // grids beyond the file's tables are refused here, not at the first force call
     auto rotations = model->module.get_method("policy_rotations")({policy, 0}).toTuple();
-    auto w = rotations->elements()[1].toTensor().to(torch::kFloat64).contiguous();
+    auto w = rotations->elements()[1].toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
     weights.assign(w.data_ptr<double>(), w.data_ptr<double>() + w.numel());
   } catch (const std::exception& err) {
     error->all(FLERR, "pair_style symbreak: {}", symbreak::script_error(err));
   }
-  // Another model (or dtype): the type -> species map must be given again.
+  // Another model (or dtype, or device): the type -> species map must be given again.
   if (model_ && model_ != model && allocated) {
     for (int i = 0; i <= atom->ntypes; ++i)
       for (int j = 0; j <= atom->ntypes; ++j) setflag[i][j] = 0;
@@ -238,11 +245,11 @@ void PairSymbreak::settings(int narg, char** arg) {
       species += (species.empty() ? "" : " ") + symbreak::element_symbol(z);
     utils::logmesg(
         lmp,
-        "pair_style symbreak: {} model {} ({}, species {}, cutoff {} A, receptive "
+        "pair_style symbreak: {} model {} ({} on {}, species {}, cutoff {} A, receptive "
         "field {} A)\npair_style symbreak: average {} ({} rotations per step){}\n",
         from_cache ? "cached" : "loaded", model_->path,
-        model_->dtype == torch::kFloat64 ? "float64" : "float32", species, model_->cutoff,
-        model_->receptive_field, policy_, n_rotations_,
+        model_->dtype == torch::kFloat64 ? "float64" : "float32", model_->device.str(), species,
+        model_->cutoff, model_->receptive_field, policy_, n_rotations_,
         seed_defaulted ? " (the default seed: every rank draws the same rotations)" : "");
     if (model_->metatomic)
       utils::logmesg(lmp,
@@ -658,20 +665,26 @@ void PairSymbreak::compute(int eflag, int vflag) {
       // metatomic System's pbc); no edge has a shift along it
       for (int r = 0; r < 3; ++r)
         if (!domain->periodicity[r]) cell[3 * r] = cell[3 * r + 1] = cell[3 * r + 2] = 0.0;
-      auto selected = torch::arange(n, i64) < nlocal;
-      auto out = model_->module
-                     .get_method("compute")(
-                         {torch::from_blob(numbers_.data(), {n}, i64),
-                          torch::from_blob(positions_.data(), {n, 3}, f64),
-                          torch::from_blob(cell, {1, 3, 3}, f64), torch::zeros({n}, i64),
-                          torch::from_blob(centers_.data(), {n_edges}, i64),
-                          torch::from_blob(neighbors_.data(), {n_edges}, i64),
-                          torch::from_blob(shifts_.data(), {n_edges, 3}, i64),
-                          torch::from_blob(reverse_.data(), {n_edges}, i64), selected, policy_,
-                          counter, true, static_cast<std::int64_t>(rotation_batch_)})
-                     .toGenericDict();
+      // The graph goes to the model's device once per call (on the CPU .to is a no-op: the
+      // tensors stay views of the vectors); only the outputs read below come back.
+      const auto device = model_->device;
+      const auto on_device = [&](void* data, at::IntArrayRef shape, torch::TensorOptions options) {
+        return torch::from_blob(data, shape, options).to(device);
+      };
+      auto out =
+          model_->module
+              .get_method("compute")(
+                  {on_device(numbers_.data(), {n}, i64), on_device(positions_.data(), {n, 3}, f64),
+                   on_device(cell, {1, 3, 3}, f64), torch::zeros({n}, i64.device(device)),
+                   on_device(centers_.data(), {n_edges}, i64),
+                   on_device(neighbors_.data(), {n_edges}, i64),
+                   on_device(shifts_.data(), {n_edges, 3}, i64),
+                   on_device(reverse_.data(), {n_edges}, i64),
+                   torch::arange(n, i64.device(device)) < nlocal, policy_, counter, true,
+                   static_cast<std::int64_t>(rotation_batch_)})
+              .toGenericDict();
       const auto get = [&](const char* key) {
-        return out.at(key).toTensor().detach().to(torch::kFloat64).contiguous();
+        return out.at(key).toTensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
       };
       energy = get("energy").item<double>();
       energy_rot = get("energy_per_rotation");

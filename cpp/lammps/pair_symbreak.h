@@ -2,7 +2,7 @@
 // rotationally averaged, as a LAMMPS pair style loaded with `plugin load`.
 //
 //   pair_style symbreak MODEL [average POLICY] [rotation_batch K] [dtype float32|float64]
-//                             [mode auto|images|ghosts] [extensions DIR]
+//                             [device cpu|cuda|cuda:N] [mode auto|images|ghosts] [extensions DIR]
 //   pair_coeff * * ELEMENT...   (one element symbol per atom type)
 //
 // POLICY is one token of symbreak's policy grammar (none | random | legendre:L | lebedev:L,
@@ -11,6 +11,8 @@
 //
 // MODEL is an exported model file (contract 2) or the name of a model shipped in the symbreak
 // package. Units metal, newton pair on. See pair_symbreak.cpp for how ghosts are handled.
+// `device`: where the model runs (default cpu); the graph is built on the CPU and goes to the
+// device once per force call.
 //
 // A metatomic model (an AtomisticModel file, e.g. from metatrain) is served once wrapped:
 // `symbreak export MODEL.pt --output W.pt`, then `pair_style symbreak W.pt average ...`; a

@@ -882,3 +882,116 @@ def test_refuses_other_lammps_version(tmp_path, plugin):
     ), result.stdout[-2000:]
     ok = check(run_lammps(tmp_path, script))
     assert "Loading plugin: pair_style symbreak" in ok and "compiled for LAMMPS version" not in ok
+
+
+# -- device --------------------------------------------------------------------------------
+
+CUDA = torch.cuda.is_available()
+DEVICE_POLICIES = ["average none", "average lebedev:3+inv"]
+
+
+@pytest.mark.parametrize("options", DEVICE_POLICIES, ids=["none", "lebedev:3+inv"])
+def test_device_cpu_gives_the_default_numbers(tmp_path, plugin, models, options):
+    """`device cpu` is the default: bit for bit the same energy, forces and virial."""
+    model = models["f64"]
+    default = evaluate(tmp_path / "a", plugin, water_triclinic(), f"{model} {options}")
+    cpu = evaluate(tmp_path / "b", plugin, water_triclinic(), f"{model} {options} device cpu")
+    assert cpu.energy == default.energy
+    assert np.array_equal(cpu.forces, default.forces)
+    assert np.array_equal(cpu.virial, default.virial)
+    assert np.array_equal(cpu.energies, default.energies)
+    assert "(float64 on cpu, species" in default.log and "(float64 on cpu, species" in cpu.log
+
+
+REFUSED_DEVICES = [
+    ("gpu", r"device 'gpu' is not a torch device"),
+    ("cuda:x", r"device 'cuda:x' is not a torch device"),
+    ("meta", r"device 'meta': symbreak runs on 'cpu' or 'cuda\[:N\]'"),
+]
+if not CUDA:
+    REFUSED_DEVICES += [
+        ("cuda", r"device 'cuda' asked, but this libtorch \(.*\) sees no CUDA device"),
+        ("cuda:1", r"device 'cuda:1' asked, but this libtorch \(.*\) sees no CUDA device"),
+    ]
+else:
+    _N_CUDA = torch.cuda.device_count()
+    REFUSED_DEVICES += [(f"cuda:{_N_CUDA}", rf"this machine has {_N_CUDA} CUDA device\(s\)")]
+
+
+@pytest.mark.parametrize("device,expected", REFUSED_DEVICES, ids=[d[0] for d in REFUSED_DEVICES])
+def test_unusable_device_is_refused_at_pair_style(tmp_path, plugin, models, device, expected):
+    """A device this libtorch cannot use ends LAMMPS at pair_style with one ERROR line naming
+    it (not at the first force call)."""
+    data = write_data(water(), tmp_path / "system.data")
+    script = f"""
+plugin load {plugin}
+units metal
+atom_style atomic
+read_data {data}
+pair_style symbreak {models["f32"]} device {device}
+print "AFTER PAIR_STYLE"
+pair_coeff * * O H
+run 0
+"""
+    result = run_lammps(tmp_path, script)
+    assert result.returncode != 0, result.stdout[-2000:]
+    errors = [ln for ln in result.stdout.splitlines() if "ERROR" in ln]
+    assert errors and re.search("pair_style symbreak: " + expected, errors[0]), errors
+    assert "AFTER PAIR_STYLE" not in result.stdout.splitlines()
+
+
+def test_refused_device_keeps_the_previous_pair_style(tmp_path, plugin, models):
+    """Driven from Python (errors are exceptions): a refused `device` leaves the model, the
+    averaging and the device of the previous pair_style in place."""
+    data = write_data(water(), tmp_path / "system.data")
+    model = models["f64"]
+    code = f"""
+from lammps import lammps
+lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+for c in ["plugin load {plugin}", "units metal", "atom_style atomic", "read_data {data}",
+          "pair_style symbreak {model} average lebedev 3 device cpu", "pair_coeff * * O H",
+          "run 0"]:
+    lmp.command(c)
+print("FIRST", lmp.get_thermo("pe"), lmp.extract_pair("n_rotations"))
+for device in ["gpu", "cuda:99"]:
+    try:
+        lmp.command("pair_style symbreak {model} average none device " + device)
+    except Exception as err:
+        print("REFUSED", str(err).splitlines()[0])
+lmp.command("run 0")
+print("AGAIN", lmp.get_thermo("pe"), lmp.extract_pair("n_rotations"))
+lmp.close()
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    refused = [ln for ln in lines if ln.startswith("REFUSED")]
+    assert len(refused) == 2, proc.stdout
+    assert "device 'gpu'" in refused[0] and "device 'cuda:99'" in refused[1], refused
+    first = [ln for ln in lines if ln.startswith("FIRST")][0].split()[1:]
+    again = [ln for ln in lines if ln.startswith("AGAIN")][0].split()[1:]
+    assert again == first and float(first[1]) == 18
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA device here")
+@pytest.mark.parametrize("options", DEVICE_POLICIES, ids=["none", "lebedev:3+inv"])
+def test_device_cuda_matches_cpu(tmp_path, plugin, models, options):
+    """`device cuda` in float64: the CPU's energy, forces and virial to rounding, on one rank
+    (images) and in mode ghosts."""
+    model = models["f64"]
+    atoms = water_triclinic()
+    cpu = evaluate(tmp_path / "cpu", plugin, atoms, f"{model} {options}")
+    for mode in ("images", "ghosts"):
+        gpu = evaluate(tmp_path / mode, plugin, atoms, f"{model} {options} device cuda mode {mode}")
+        assert "(float64 on cuda, species" in gpu.log
+        assert rel(gpu.energy, cpu.energy) < 1e-12, mode
+        assert rel(gpu.forces, cpu.forces) < 1e-9, mode
+        assert rel(gpu.virial, cpu.virial) < 1e-9, mode
+        assert rel(gpu.energies, cpu.energies) < 1e-9, mode
