@@ -53,6 +53,9 @@ def tiny_pet(seed: int = 0, **overrides):
             x = torch.arange(tb.shape[1], dtype=torch.float32) / tb.shape[1]
             radial = torch.sin(torch.pi * x)[:, None] * torch.cos(x)[None, :]
             tb.copy_(torch.randn(tb.shape[0], 1, 1, tb.shape[3]) * 0.02 * radial[:, :, None])
+        # Short-range floors (symbreak.short_range) near the O–H bond length, so that every
+        # engine test runs through the floored branch of the transformer and three-body term.
+        model.short_range.floor.copy_(torch.tensor([[0.7, 0.95], [0.95, 1.4]], dtype=torch.float64))
         model.baseline.copy_(torch.tensor([-13.6, -430.0], dtype=torch.float64))
         model.energy_scale.fill_(1.0)
     return model, cfg
