@@ -137,7 +137,7 @@ def model_energy(model, atoms) -> tuple[float, np.ndarray]:
     )
     (grad,) = torch.autograd.grad(eps.sum(), vectors)
     forces = torch.zeros(len(atoms), 3, dtype=torch.float64).index_add(0, centers, grad)
-    return float(eps.sum()), forces.index_add(0, neighbors, -grad).numpy()
+    return float(eps.sum().detach()), forces.index_add(0, neighbors, -grad).numpy()
 
 
 def test_guards_change_nothing_above_the_floors_and_give_exact_forces_below():
