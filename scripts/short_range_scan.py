@@ -94,13 +94,22 @@ def report(label: str, result: dict) -> None:
             extra = f", max |F| from {bounded_from} Å: {largest:.1f} eV/Å"
         attractive = DISTANCES[(f <= 0) & (DISTANCES < 0.75)]
         print(
-            f"   {name}: {minima(e)} minimum(a); attractive below 0.75 Å at "
-            f"{attractive.tolist() or 'none'}{extra}"
+            f"   {name}: {minima(e)} well(s) deeper than 1 meV ({minima(e, 0)} local minima in "
+            f"all); attractive below 0.75 Å at {attractive.tolist() or 'none'}{extra}"
         )
     b = result["bend"]
     print("bend θ (°)".ljust(16) + "".join(f"{a:8.0f}" for a in ANGLES[::4]))
     print("bend E (eV)".ljust(16) + "".join(f"{x:8.2f}" for x in b[::4]))
-    print(f"   bend 100° -> 20°: monotone {monotone(b)}")
+    drops = np.diff(b)
+    print(
+        f"   bend 100° -> 20°: monotone {monotone(b)}"
+        + (
+            ""
+            if monotone(b)
+            else f" (largest drop {-drops.min() * 1e3:.0f} meV at "
+            f"{ANGLES[int(np.argmin(drops)) + 1]:.1f}°)"
+        )
+    )
     for name, values in result.get("bend_terms", {}).items():
         print(f"  {name}".ljust(16) + "".join(f"{x:8.2f}" for x in values[::4]))
     e, fmax = result["push"]

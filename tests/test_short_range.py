@@ -167,3 +167,14 @@ def test_guards_change_nothing_above_the_floors_and_give_exact_forces_below():
         minus.positions[h, axis] -= step
         numeric = -(model_energy(model, plus)[0] - model_energy(model, minus)[0]) / (2 * step)
         assert abs(numeric - f[h, axis]) < 1e-5 * max(1.0, abs(numeric))
+
+
+def test_minima_counts_wells_not_ripples():
+    from symbreak.scans import minima
+
+    r = np.linspace(0.5, 3.0, 300)
+    well = 1 - np.exp(-(((r - 1.0) / 0.3) ** 2))  # one well of 1 eV at 1 Å, flat beyond 2 Å
+    ripple = well + 2e-4 * np.sin(40 * r)  # sub-meV ripples on the flat tail
+    second = well - 0.01 * np.exp(-(((r - 2.5) / 0.1) ** 2))  # a 10 meV well at 2.5 Å
+    assert minima(well) == 1 and minima(ripple) == 1 and minima(ripple, 0) > 1
+    assert minima(second) == 2

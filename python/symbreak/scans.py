@@ -88,10 +88,17 @@ def energies_and_forces(frames: list[Atoms], calc) -> tuple[np.ndarray, np.ndarr
     return np.array(energies), np.array(forces)
 
 
-def minima(energies: np.ndarray) -> int:
-    """Number of strict local minima inside a sampled curve (end points excluded)."""
-    e = np.asarray(energies)
-    return int(np.sum((e[1:-1] < e[:-2]) & (e[1:-1] < e[2:])))
+def minima(energies: np.ndarray, depth: float = 1e-3) -> int:
+    """Number of wells inside a sampled curve (eV) at least ``depth`` eV deep (their
+    prominence: the smaller rise to either side before a lower point; end points
+    excluded). The default 1 meV, 1/26 of kT at 300 K, leaves out sub-meV ripples, which
+    trap nothing; ``depth=0`` counts every strict local minimum."""
+    from scipy.signal import find_peaks
+
+    e = np.asarray(energies, dtype=np.float64)
+    if depth <= 0:
+        return int(np.sum((e[1:-1] < e[:-2]) & (e[1:-1] < e[2:])))
+    return len(find_peaks(-e, prominence=depth)[0])
 
 
 def monotone(energies: np.ndarray) -> bool:
