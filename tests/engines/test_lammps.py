@@ -73,6 +73,21 @@ def _env(extra: dict | None = None) -> dict:
     return env
 
 
+def run_python(cwd: Path, code: str) -> subprocess.CompletedProcess:
+    """Python ``code`` driving LAMMPS through its module, in a bounded child process;
+    asserts that it ended cleanly."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
 def run_lammps(
     workdir: Path, script: str, nprocs: int = 1, env: dict | None = None, timeout: float = TIMEOUT
 ) -> subprocess.CompletedProcess:
@@ -661,15 +676,7 @@ lmp.command("run 0")
 print("AGAIN", lmp.get_thermo("pe"), lmp.extract_pair("n_rotations"))
 lmp.close()
 """
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_python(tmp_path, code)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("STD")][0]
     std, std_thermo, n_rot, pe, f_std = map(float, line.split()[1:])
     assert std == pytest.approx(std_thermo, rel=1e-12) and n_rot == 18
@@ -962,15 +969,7 @@ lmp.command("run 0")
 print("AGAIN", lmp.get_thermo("pe"), lmp.extract_pair("n_rotations"))
 lmp.close()
 """
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_python(tmp_path, code)
     lines = proc.stdout.splitlines()
     refused = [ln for ln in lines if ln.startswith("REFUSED")]
     assert len(refused) == 2, proc.stdout
