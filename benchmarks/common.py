@@ -27,6 +27,25 @@ if importlib.util.find_spec("symbreak") is None:
     )
 
 
+def machine() -> tuple[str, str]:
+    """This machine's CPU model name and load average (1, 5, 15 min), for table headers."""
+    import contextlib
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        load = "?"
+    return cpu, load
+
+
 def water(n_atoms: int):
     """Liquid water with ``n_atoms`` atoms (ASE Atoms, cubic periodic cell, Å): 192 is
     frame 0 of the training data, 1536 the equilibrated 512-molecule box, other 192·m³

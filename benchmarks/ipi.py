@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import re
 import shutil
 import signal
@@ -46,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import export_random_model, water  # first: it takes this folder off sys.path
+from common import export_random_model, machine, water  # first: it takes this folder off sys.path
 
 # isort: split
 # symbreak.engines.units imports i-PI, which this file's own name would shadow before common
@@ -410,16 +409,7 @@ def describe(args, model: Path) -> None:
     loaded = load_model(model)
     params = sum(p.numel() for p in loaded.module.parameters())
     dtype = next(loaded.module.parameters()).dtype
-    try:
-        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        load = "?"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu, load = machine()
     print("symbreak behind i-PI: benchmark")
     print(f"  device: CPU, {cpu}, {os.cpu_count()} cores; load average {load}")
     print(

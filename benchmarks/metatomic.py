@@ -59,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO, water
+from common import REPO, machine, water
 
 DEFAULT_MODEL = REPO / "tests" / "data" / "metatrain-pet-water.pt"
 
@@ -402,21 +402,11 @@ def _mb(a: dict, b: dict) -> str:
 
 
 def _describe(args) -> None:
-    import platform
     from importlib.metadata import version
 
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        load = "?"
+    cpu, load = machine()
     info = ""
     with contextlib.suppress(Exception):
         import metatomic.torch as mta
