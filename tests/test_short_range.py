@@ -10,7 +10,7 @@ from helpers import small_water, tiny_pet
 from symbreak.graph import build_graph
 from symbreak.pair import PairPrior, fit_pair_prior
 from symbreak.scans import dimer
-from symbreak.short_range import ShortRangeFloor, shortest_distances, soft_floor
+from symbreak.short_range import ShortRangeFloor, short_range_bounds, soft_floor
 from symbreak.training import Sample, set_short_range
 
 FLOOR = 0.8
@@ -149,7 +149,7 @@ def test_guards_change_nothing_above_the_floors_and_give_exact_forces_below():
     g = build_graph(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, 3.5, [1, 8])
     # floors just below the frame's shortest contacts: the tiny model's random prior is not
     # repulsive there, so a contact exactly at its floor would meet the wall's kink
-    set_short_range(model, shortest_distances([g], 2) - 1e-3)
+    set_short_range(model, short_range_bounds([g], 2)[0] - 1e-3)
     energy, forces = model_energy(model, atoms)
     assert energy == free_energy  # and forces to rounding (autograd adds exact zeros)
     np.testing.assert_allclose(forces, free_forces, rtol=1e-13, atol=1e-13)

@@ -211,7 +211,8 @@ class Evaluator:
         workers, batch = rotation_plan(
             k, n_edges, threads, self.workers, self.rotation_batch, budget
         )
-        args = [inputs[name].to(self.device, non_blocking=True) for name in _INPUTS]
+        graph = {name: inputs[name].to(self.device, non_blocking=True) for name in _INPUTS}
+        args = list(graph.values())
 
         def run(start: int, stop: int) -> dict[str, torch.Tensor]:
             """Rotations start..stop-1 (grad mode and the JIT flag are per thread)."""
@@ -236,7 +237,7 @@ class Evaluator:
                 # The workers' torch.set_num_threads also set torch's default for threads
                 # started later: give it back the caller's value.
                 torch.set_num_threads(threads)
-        out = self.module.finalize(raw, args[_INPUTS.index("structure")], args[-1])
+        out = self.module.finalize(raw, graph["structure"], graph["selected"])
         if self.device.type != "cpu":
             out = {name: value.detach().cpu() for name, value in out.items()}
         self.calls += 1

@@ -19,7 +19,7 @@ together. symbreak's models get that from three pieces, each exact where the dat
   below the well-sampled range and penalises its curvature, so thin data (three O–O
   samples between 1.5 and 2.4 Å) give a smooth curve, not an oscillation.
 
-``floor`` [S, S] (Å) is measured from the training frames (:func:`shortest_distances`) and
+``floor`` [S, S] (Å) is measured from the training frames (:func:`short_range_bounds`) and
 stored in the model; 0 switches the floor off (files made before it have none).
 """
 
@@ -61,14 +61,29 @@ class ShortRangeFloor(nn.Module):
         return vectors + vectors * (stretch / r)[:, None]
 
 
-def shortest_distances(graphs: list, n_species: int) -> np.ndarray:
-    """The shortest distance [S, S] (Å, symmetric) of each species pair over the edges of
-    ``graphs`` (:class:`symbreak.graph.Graph`); 0 for a pair that never meets within the
-    cutoff (no floor: nothing is known about it)."""
-    shortest = np.full((n_species, n_species), np.inf)
+def pair_distances(graphs: list, n_species: int) -> dict[tuple[int, int], np.ndarray]:
+    """Every edge length (Å) of ``graphs`` (:class:`symbreak.graph.Graph`, full edge
+    lists) by ordered species pair (a, b) of centre and neighbour."""
+    parts: dict[tuple[int, int], list[np.ndarray]] = {}
     for g in graphs:
         r = np.linalg.norm(g.vectors, axis=1)
-        a, b = g.species[g.centers], g.species[g.neighbors]
-        np.minimum.at(shortest, (a, b), r)
-        np.minimum.at(shortest, (b, a), r)
-    return np.where(np.isfinite(shortest), shortest, 0.0)
+        key = g.species[g.centers] * n_species + g.species[g.neighbors]
+        for k in np.unique(key):
+            parts.setdefault(divmod(int(k), n_species), []).append(r[key == k])
+    return {pair: np.concatenate(rs) for pair, rs in parts.items()}
+
+
+def short_range_bounds(
+    graphs: list, n_species: int, monotone_quantile: float = 0.01
+) -> tuple[np.ndarray, np.ndarray]:
+    """The shortest distance [S, S] (Å) of each species pair over the edges of ``graphs``
+    (:class:`symbreak.graph.Graph`, full edge lists, so both are symmetric): where floors and
+    walls go; and its ``monotone_quantile`` quantile, below which the pair prior is fitted
+    non-increasing. 0 for a pair that never meets within the cutoff (no floor: nothing is
+    known about it)."""
+    shortest = np.zeros((n_species, n_species))
+    monotone = np.zeros((n_species, n_species))
+    for (a, b), r in pair_distances(graphs, n_species).items():
+        shortest[a, b] = r.min()
+        monotone[a, b] = np.quantile(r, monotone_quantile)
+    return shortest, monotone

@@ -29,7 +29,7 @@ from .graph import Graph, build_graph
 from .model import OPTIONAL_BUFFERS, PET, PETConfig, atom_forces, count_parameters
 from .pair import fit_pair_prior
 from .rotations import random_rotations
-from .short_range import shortest_distances
+from .short_range import short_range_bounds
 from .threebody import fit_three_body
 from .training_config import TrainConfig
 
@@ -123,27 +123,6 @@ def _residual_targets(model: PET, samples: list[Sample]) -> list[tuple[float, np
             )
         )
     return targets
-
-
-def short_range_bounds(
-    graphs: list[Graph], n_species: int, monotone_quantile: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """The shortest distance [S, S] (Å) of each species pair in ``graphs`` (where floors and
-    walls go) and its ``monotone_quantile`` quantile (below which the pair prior is fitted
-    non-increasing); 0 for a pair that never meets."""
-    monotone = np.zeros((n_species, n_species))
-    for a in range(n_species):
-        for b in range(n_species):
-            r = np.concatenate(
-                [
-                    np.linalg.norm(g.vectors, axis=1)[
-                        (g.species[g.centers] == a) & (g.species[g.neighbors] == b)
-                    ]
-                    for g in graphs
-                ]
-            )
-            monotone[a, b] = np.quantile(r, monotone_quantile) if len(r) else 0.0
-    return shortest_distances(graphs, n_species), monotone
 
 
 def set_short_range(model: PET, shortest: np.ndarray) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from ..evaluator import Evaluator, Structure
+from ..evaluator import Evaluator, Structure, resolve_device
 from ..export import LoadedModel
 from ..rotations import AveragingPolicy
 
@@ -92,7 +92,7 @@ class SymbreakCalculator(Calculator):
                 raise ValueError(
                     f"workers {workers} differs from the shared Evaluator's {model.workers}"
                 )
-            if device is not None and torch.device(device) != model.device:
+            if device is not None and resolve_device(device) != model.device:
                 raise ValueError(
                     f"device {device} differs from the shared Evaluator's {model.device}"
                 )
