@@ -45,8 +45,10 @@ class RawVectorModel(torch.nn.Module):
         length_unit: str = "angstrom",
         dtype: torch.dtype = torch.float64,
         seed: int = 0,
+        output: str = "energy",
     ):
         super().__init__()
+        self.output = output
         scale = ANGSTROM[length_unit]
         self.scale = scale
         self.cutoff = cutoff * scale
@@ -78,9 +80,9 @@ class RawVectorModel(torch.nn.Module):
         outputs: Dict[str, ModelOutput],  # noqa: UP006
         selected_atoms: Optional[Labels] = None,  # noqa: UP045
     ) -> Dict[str, TensorMap]:  # noqa: UP006
-        if "energy" not in outputs:
+        if self.output not in outputs:
             return {}
-        per_atom = outputs["energy"].sample_kind == "atom"
+        per_atom = outputs[self.output].sample_kind == "atom"
         values: List[torch.Tensor] = []  # noqa: UP006
         samples: List[torch.Tensor] = []  # noqa: UP006
         for s, system in enumerate(systems):
@@ -124,7 +126,7 @@ class RawVectorModel(torch.nn.Module):
             components=[],
             properties=Labels(["energy"], torch.tensor([[0]], device=values[0].device)),
         )
-        return {"energy": TensorMap(Labels(["_"], torch.tensor([[0]])), [block])}
+        return {self.output: TensorMap(Labels(["_"], torch.tensor([[0]])), [block])}
 
 
 def build_model(
@@ -134,12 +136,16 @@ def build_model(
     energy_unit: str = "eV",
     per_atom: bool = True,
     seed: int = 0,
+    output: str = "energy",
 ) -> AtomisticModel:
-    """The test model wrapped in metatomic's ``AtomisticModel`` (eval mode)."""
-    inner = RawVectorModel(list(species), length_unit=length_unit, dtype=dtype, seed=seed)
+    """The test model wrapped in metatomic's ``AtomisticModel`` (eval mode); ``output``: the
+    name of its energy output (a variant "energy/NAME" computes the same energy)."""
+    inner = RawVectorModel(
+        list(species), length_unit=length_unit, dtype=dtype, seed=seed, output=output
+    )
     capabilities = ModelCapabilities(
         outputs={
-            "energy": ModelOutput(
+            output: ModelOutput(
                 quantity="energy", unit=energy_unit, sample_kind="atom" if per_atom else "system"
             )
         },

@@ -131,12 +131,6 @@ std::string metatomic_versions() {
 #endif
 }
 
-std::string raw_metatomic_message(const std::string& path) {
-  return "'" + path + "' is a metatomic model: wrap it once with `symbreak export " + path +
-         " --output W.pt` (keeps its extensions; add --extensions DIR if it needs some) and "
-         "load W.pt";
-}
-
 void prepare_metatomic(const std::string& path, const std::string& extensions_directory,
                        const std::string& recorded_directory) {
 #ifndef SYMBREAK_HAVE_METATOMIC
@@ -263,6 +257,64 @@ std::string reexport_hint(const std::string& path) {
   return "write it again with this symbreak: `symbreak export " + path + " --output NEW.pt`";
 }
 
+// A raw metatomic file served through the wrapper template that the build writes next to
+// this plugin (symbreak/lib/metatomic_template.pt, symbreak.metatomic.template): the same
+// scripted wrapper as Python's, whose `model` attribute has an interface type. The loaded
+// AtomisticModel becomes its model, and configure("energy") reads the species, cutoffs,
+// neighbour lists and precision from the model, as the Python wrapper does at construction.
+// Its extensions are loaded first (prepare_metatomic). `name` gets the model's name.
+torch::jit::Module wrap_raw_metatomic(const std::string& path,
+                                      const std::string& extensions_directory, std::string& name) {
+#ifndef SYMBREAK_HAVE_METATOMIC
+  (void)extensions_directory;
+  (void)name;
+  throw std::runtime_error("'" + path + "' holds a metatomic model: " + metatomic_versions());
+#else
+  const std::string wrapper_file = package_dir() + "/lib/metatomic_template.pt";
+  if (!is_file(wrapper_file))
+    throw std::runtime_error(
+        "'" + path + "' is a metatomic model, but the wrapper template " + wrapper_file +
+        " is missing (the build writes it when metatomic-torch, ase and scipy are importable): "
+        "reinstall symbreak with `bash scripts/setup.sh`, or wrap the model once with "
+        "`symbreak export " + path + " --output W.pt` and load W.pt");
+  torch::jit::Module inner;
+  try {
+    inner = metatomic_torch::load_atomistic_model(
+        path, extensions_directory.empty() ? c10::optional<std::string>()
+                                           : c10::optional<std::string>(extensions_directory));
+  } catch (const std::exception& err) {
+    throw std::runtime_error("'" + path + "' is not a loadable metatomic model: " +
+                             script_error(err));
+  }
+  torch::jit::Module wrapper;
+  try {
+    wrapper = torch::jit::load(wrapper_file, torch::kCPU);
+  } catch (const std::exception& err) {
+    throw std::runtime_error("the metatomic wrapper template " + wrapper_file +
+                             " is unreadable (" + script_error(err) + "): reinstall symbreak");
+  }
+  try {
+    // the interface type's check: the model has the entry points the wrapper calls
+    wrapper.setattr("model", inner._ivalue());
+  } catch (const std::exception& err) {
+    throw std::runtime_error("'" + path + "': the metatomic model lacks an entry point symbreak " +
+                             "calls (forward, capabilities, requested_neighbor_lists, " +
+                             "requested_inputs): " + script_error(err));
+  }
+  try {
+    wrapper.run_method("configure", std::string("energy"));
+  } catch (const std::exception& err) {
+    throw std::runtime_error("'" + path + "': " + script_error(err));
+  }
+  try {
+    name = inner.run_method("metadata").toCustomClass<metatomic_torch::ModelMetadataHolder>()->name;
+  } catch (const std::exception&) {
+    name.clear();  // the name is only shown in the log
+  }
+  return wrapper;
+#endif
+}
+
 }  // namespace
 
 int atomic_number(const std::string& symbol) {
@@ -348,12 +400,15 @@ std::shared_ptr<Model> load_model(const std::string& path, const std::string& dt
 
   auto model = std::make_shared<Model>();
   model->path = path;
-  // A metatomic file: refused with the command that wraps it (the wrapper is Python), or,
-  // wrapped, its extensions loaded first. Told from the archive's extra files.
+  // A metatomic file: raw (AtomisticModel.save, mtt export), served in the wrapper template,
+  // or wrapped by `symbreak export`; its extensions loaded first. Told from the archive.
   std::string recorded_extensions;
-  switch (classify_model_file(path)) {
+  const FileKind kind = classify_model_file(path);
+  switch (kind) {
     case FileKind::RawMetatomic:
-      throw std::runtime_error(raw_metatomic_message(path));
+      model->metatomic = true;
+      prepare_metatomic(path, extensions_directory, "");
+      break;
     case FileKind::WrappedMetatomic:
       model->metatomic = true;
       try {
@@ -372,30 +427,42 @@ std::shared_ptr<Model> load_model(const std::string& path, const std::string& dt
     case FileKind::Symbreak:
       break;
   }
-  torch::jit::ExtraFilesMap extra{{"metadata.json", ""}};
-  try {
-    model->module = torch::jit::load(path, torch::kCPU, extra);
-  } catch (const std::exception& err) {
-    std::string what = err.what();
-    what = what.substr(0, what.find('\n'));
-    throw std::runtime_error(
-        "'" + path + "' is not a readable symbreak model file: " + what +
-        (model->metatomic ? " (a metatomic model: " + metatomic_versions() + ")" : ""));
-  }
-  if (extra["metadata.json"].empty())
-    throw std::runtime_error("'" + path + "' has no metadata.json: not a symbreak model file");
   std::vector<int> species;
   double cutoff = 0.0, receptive_field = 0.0;
   int contract = 1;
-  try {
-    const auto meta = LAMMPS_NS::json::parse(extra["metadata.json"]);
-    species = meta.at("species").get<std::vector<int>>();
-    cutoff = meta.at("cutoff").get<double>();
-    receptive_field = meta.at("receptive_field").get<double>();
-    model->torch_version = meta.at("torch_version").get<std::string>();
-    if (meta.contains("contract")) contract = meta.at("contract").get<int>();
-  } catch (const std::exception& err) {
-    throw std::runtime_error("'" + path + "': corrupt metadata.json: " + err.what());
+  if (kind == FileKind::RawMetatomic) {
+    // no metadata.json: the configured wrapper describes itself
+    model->module = wrap_raw_metatomic(path, extensions_directory, model->metatomic_name);
+    for (const auto z : model->module.attr("species").toIntVector())
+      species.push_back(static_cast<int>(z));
+    cutoff = model->module.attr("cutoff").toDouble();
+    receptive_field = model->module.attr("receptive_field").toDouble();
+    contract = static_cast<int>(model->module.attr("contract_version").toInt());
+    model->torch_version = read_extra_file(path, "torch-version");
+    if (model->torch_version.empty()) model->torch_version = TORCH_VERSION;
+  } else {
+    torch::jit::ExtraFilesMap extra{{"metadata.json", ""}};
+    try {
+      model->module = torch::jit::load(path, torch::kCPU, extra);
+    } catch (const std::exception& err) {
+      std::string what = err.what();
+      what = what.substr(0, what.find('\n'));
+      throw std::runtime_error(
+          "'" + path + "' is not a readable symbreak model file: " + what +
+          (model->metatomic ? " (a metatomic model: " + metatomic_versions() + ")" : ""));
+    }
+    if (extra["metadata.json"].empty())
+      throw std::runtime_error("'" + path + "' has no metadata.json: not a symbreak model file");
+    try {
+      const auto meta = LAMMPS_NS::json::parse(extra["metadata.json"]);
+      species = meta.at("species").get<std::vector<int>>();
+      cutoff = meta.at("cutoff").get<double>();
+      receptive_field = meta.at("receptive_field").get<double>();
+      model->torch_version = meta.at("torch_version").get<std::string>();
+      if (meta.contains("contract")) contract = meta.at("contract").get<int>();
+    } catch (const std::exception& err) {
+      throw std::runtime_error("'" + path + "': corrupt metadata.json: " + err.what());
+    }
   }
 
   // TorchScript files are only supported by the torch major.minor that wrote them.

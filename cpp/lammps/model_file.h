@@ -42,8 +42,8 @@ struct Model {
 std::string resolve_model_path(const std::string& arg);
 
 //! The model in the file `path` (from resolve_model_path), loaded and checked: a metatomic
-//! file refused (raw) or prepared (wrapped, its extensions from `extensions_directory` when
-//! not empty), the torch version, the contract version and entry points, metadata.json
+//! file's extensions loaded (from `extensions_directory` when not empty), a raw one set in
+//! the wrapper template (symbreak/lib/metatomic_template.pt) and configured, the torch version, the contract version and entry points, metadata.json
 //! against the module's attributes. `dtype_request` is "auto" (as the file holds),
 //! "float64" (converted) or "float32" (a float64 file is refused); the module is then moved
 //! to `device` (from resolve_device). Models are cached for the life of the process, keyed by
@@ -95,9 +95,6 @@ std::string metatomic_versions();
 //! empty) is named as a hint.
 void prepare_metatomic(const std::string& path, const std::string& extensions_directory,
                        const std::string& recorded_directory);
-
-//! The error for a RawMetatomic file: how to wrap it for LAMMPS.
-std::string raw_metatomic_message(const std::string& path);
 
 }  // namespace symbreak
 

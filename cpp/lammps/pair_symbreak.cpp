@@ -18,13 +18,14 @@
 //     n_layers away. Only the owned atoms' energies count (`selected`); forces on ghosts go
 //     home by LAMMPS's reverse communication (newton pair on).
 //
-// metatomic models: a contract file around one (`symbreak export MODEL.pt --output W.pt`,
-// symbreak.metatomic.averaged.MetatomicAveraged) is served like the PET: its cutoff (the
+// metatomic models: a contract file around one (symbreak.metatomic.averaged.MetatomicAveraged,
+// written by `symbreak export MODEL.pt --output W.pt`) is served like the PET: its cutoff (the
 // largest neighbour list it requests) and receptive field (its interaction range) are the
 // file's attributes, owned atoms are `selected`; in ghosts mode every edge between two
 // atoms the model sees is given (as metatomic's engines do), not only those the hops need.
 // Its metatomic/metatensor TorchScript classes come from the libraries linked in
-// (model_file.cpp); a raw metatomic file is refused with the command that wraps it.
+// (model_file.cpp). A raw metatomic file (AtomisticModel.save, mtt export) is set in the same
+// wrapper, scripted at build time as a template (symbreak.metatomic.template).
 //
 // Reading the file (shipped-model names, the contract and metadata checks, dtype, the cache
 // that keeps a model loaded across pair_style commands) is model_file.cpp's load_model.

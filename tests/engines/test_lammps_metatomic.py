@@ -1,14 +1,14 @@
 """LAMMPS plugin (pair_style symbreak) with a metatomic model, against the Python evaluator.
 
-A metatomic ``AtomisticModel`` file cannot be scripted in C++ (its wrapper,
-:class:`symbreak.metatomic.averaged.MetatomicAveraged`, is Python): ``symbreak export MODEL.pt
---output W.pt`` writes the scripted wrapper once, and the plugin loads W.pt with the
+The plugin takes a metatomic ``AtomisticModel`` file as metatomic writes it ("raw": it sets
+the model in the wrapper template that the build scripts, symbreak.metatomic.template) and
+the same model wrapped once by ``symbreak export MODEL.pt --output W.pt``, with the
 metatomic and metatensor C++ libraries of the metatomic-torch wheel linked in (their
 TorchScript classes, the model's extensions). The model is the raw-vector test model of
 ``tests/metatomic_models.py`` (not equivariant, float64, a full and a half neighbour list).
-The reference is :class:`symbreak.evaluator.Evaluator` on the same wrapped file, on the
-positions and cell LAMMPS used; LAMMPS runs on one rank (mode images and mode ghosts) and on
-two ranks (ghosts), every run bounded in time (see test_lammps.run_lammps).
+The reference is :class:`symbreak.evaluator.Evaluator` on the wrapped file, on the positions
+and cell LAMMPS used; LAMMPS runs on one rank (mode images and mode ghosts) and on two ranks
+(ghosts), every run bounded in time (see test_lammps.run_lammps).
 """
 
 from __future__ import annotations
@@ -48,23 +48,35 @@ def plugin() -> Path:
         pytest.fail(f"the LAMMPS plugin is a required part of symbreak: {err}")
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    """'raw': the metatomic test model as metatomic writes it (float64); 'wrapped': the same
-    model as a symbreak contract file (symbreak export); 'no_extension': the wrapped file
-    naming a TorchScript extension that exists nowhere."""
-    d = tmp_path_factory.mktemp("metatomic")
-    raw = save_model(d / "raw.pt", species=(1, 8), dtype=torch.float64)
-    wrapped = d / "wrapped.pt"
-    reexport_model(raw, wrapped)
-    broken = d / "no_extension.pt"
-    with zipfile.ZipFile(wrapped) as src, zipfile.ZipFile(broken, "w") as dst:
+def _with_made_up_extension(source: Path, output: Path) -> Path:
+    """A copy of a model file whose metatomic record names an extension that exists nowhere."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(output, "w") as dst:
         for item in src.infolist():
             data = src.read(item.filename)
             if item.filename.endswith("/extra/extensions"):
                 data = json.dumps([{"name": "made_up_ext", "path": "/nowhere/libmade_up_ext.so"}])
             dst.writestr(item, data)
-    return {"raw": raw, "wrapped": wrapped, "no_extension": broken}
+    return output
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """'raw': the metatomic test model as metatomic writes it (float64); 'wrapped': the same
+    model as a symbreak contract file (symbreak export); 'no_extension' / 'raw_no_extension':
+    the wrapped / raw file naming a TorchScript extension that exists nowhere; 'variant': a
+    raw model whose only energy is a variant, 'energy/pbe'."""
+    d = tmp_path_factory.mktemp("metatomic")
+    raw = save_model(d / "raw.pt", species=(1, 8), dtype=torch.float64)
+    wrapped = d / "wrapped.pt"
+    reexport_model(raw, wrapped)
+    variant = save_model(d / "variant.pt", species=(1, 8), output="energy/pbe")
+    return {
+        "raw": raw,
+        "wrapped": wrapped,
+        "no_extension": _with_made_up_extension(wrapped, d / "no_extension.pt"),
+        "raw_no_extension": _with_made_up_extension(raw, d / "raw_no_extension.pt"),
+        "variant": variant,
+    }
 
 
 AGREEMENT = [
@@ -75,13 +87,14 @@ AGREEMENT = [
 ]
 
 
+@pytest.mark.parametrize("kind", ["raw", "wrapped"])
 @pytest.mark.parametrize("options,policy,n_rot", AGREEMENT, ids=[a[1] for a in AGREEMENT])
-def test_one_and_two_ranks_match_python(tmp_path, plugin, models, options, policy, n_rot):
+def test_one_and_two_ranks_match_python(tmp_path, plugin, models, options, policy, n_rot, kind):
     """Triclinic water (192 atoms), float64: one rank (mode images, mode ghosts) and two ranks
     give the Python evaluator's energy, forces and virial to 1e-8 (relative), and its per-atom
     energies, torque and spreads (test_lammps.assert_matches, float64). Prints the
-    differences."""
-    model = models["wrapped"]
+    differences. The raw file (set in the wrapper template) and the wrapped one agree."""
+    model = models[kind]
     atoms = water_triclinic()
     runs = {
         "1 rank, images": evaluate(tmp_path / "a", plugin, atoms, f"{model} {options}"),
@@ -89,10 +102,10 @@ def test_one_and_two_ranks_match_python(tmp_path, plugin, models, options, polic
         "2 ranks": evaluate(tmp_path / "c", plugin, atoms, f"{model} {options}", nprocs=2),
     }
     base = runs["1 rank, images"]
-    ref = reference(model, policy, torch.float64, base)
+    ref = reference(models["wrapped"], policy, torch.float64, base)
     for name, res in runs.items():
         diff = differences(res, ref)
-        print(f"{policy:>14} {name:<15} " + " ".join(f"{k} {v:.1e}" for k, v in diff.items()))
+        print(f"{kind:>7} {policy:>14} {name:<15} " + " ".join(f"{k} {v:.1e}" for k, v in diff.items()))
         for key in ("energy", "forces", "virial", "atomic"):
             assert diff[key] < BAR, (name, key, diff)
         assert_matches(res, ref, "float64", n_rot)
@@ -151,20 +164,19 @@ run 0
     return errors[0]
 
 
-def test_raw_metatomic_file_is_refused_with_the_command(tmp_path, plugin, models):
-    error = _error_of(tmp_path, plugin, f"{models['raw']} average lebedev:3")
-    expected = (
-        f"'{models['raw']}' is a metatomic model: wrap it once with `symbreak export "
-        f"{models['raw']} --output W.pt` (keeps its extensions"
-    )
-    assert expected in error, error
-    assert "and load W.pt" in error
+def test_raw_file_without_an_energy_output_is_refused(tmp_path, plugin, models):
+    """configure() of the template refuses the model at pair_style, naming its outputs."""
+    error = _error_of(tmp_path, plugin, f"{models['variant']} average lebedev:3")
+    assert f"'{models['variant']}': the model has no 'energy' output" in error, error
+    assert "energy/pbe" in error, error
 
 
+@pytest.mark.parametrize("kind", ["raw", "wrapped"])
 @pytest.mark.parametrize("directory", [None, "/nowhere/extensions"], ids=["installed", "dir"])
-def test_missing_extension_is_named(tmp_path, plugin, models, directory):
+def test_missing_extension_is_named(tmp_path, plugin, models, directory, kind):
     options = "" if directory is None else f" extensions {directory}"
-    error = _error_of(tmp_path, plugin, f"{models['no_extension']}{options}")
+    source = models["no_extension" if kind == "wrapped" else "raw_no_extension"]
+    error = _error_of(tmp_path, plugin, f"{source}{options}")
     assert "made_up_ext" in error, error
     assert "could not be loaded" in error, error
     if directory is None:

@@ -37,9 +37,17 @@ or the cell directly has the rest of its gradient in forces and virial but not i
 ``edge_gradients`` (a per-atom virial built from them would miss it).
 """
 
+from typing import Dict, List  # noqa: UP035 (TorchScript interfaces need these)
+
 import torch
-from metatensor.torch import Labels, TensorBlock
-from metatomic.torch import ModelEvaluationOptions, ModelOutput, NeighborListOptions, System
+from metatensor.torch import Labels, TensorBlock, TensorMap
+from metatomic.torch import (
+    ModelCapabilities,
+    ModelEvaluationOptions,
+    ModelOutput,
+    NeighborListOptions,
+    System,
+)
 from torch import Tensor
 
 from ..contract import ContractModel
@@ -49,42 +57,118 @@ LENGTH_UNIT = "angstrom"
 ENERGY_UNIT = "eV"
 
 
+@torch.jit.interface
+class Atomistic(torch.nn.Module):
+    """What the wrapper calls of a metatomic ``AtomisticModel``: the type of
+    :attr:`MetatomicAveraged.model`. Any loaded ``AtomisticModel`` implements it, so a
+    scripted wrapper can take a model set after scripting (the LAMMPS plugin does that with
+    the template of :mod:`symbreak.metatomic.template`), followed by :meth:`configure`."""
+
+    def forward(
+        self,
+        systems: List[System],  # noqa: UP006
+        options: ModelEvaluationOptions,
+        check_consistency: bool,
+    ) -> Dict[str, TensorMap]:  # noqa: UP006
+        pass
+
+    def capabilities(self) -> ModelCapabilities:
+        pass
+
+    def requested_neighbor_lists(self) -> List[NeighborListOptions]:  # noqa: UP006
+        pass
+
+    def requested_inputs(self, use_new_names: bool) -> Dict[str, ModelOutput]:  # noqa: UP006
+        pass
+
+
 class MetatomicAveraged(ContractModel):
     """A loaded metatomic ``AtomisticModel`` (TorchScript) behind the contract's entry points.
 
     ``model``: the scripted ``AtomisticModel`` (``torch.jit.load`` of a metatomic file);
     ``output``: the name of its energy output (``"energy"`` or a variant
-    ``"energy/<name>"``). Attributes: ``species`` = its ``atomic_types``, ``cutoff`` (Å) =
-    the largest cutoff of its neighbour lists, ``receptive_field`` (Å) = its
-    ``interaction_range`` (at least the cutoff), ``per_atom``: whether it gives per-atom
-    energies, ``model_dtype``: its precision ("float32" or "float64").
+    ``"energy/<name>"``). Everything below is read from the model by :meth:`configure`:
+    ``species`` = its ``atomic_types``, ``cutoff`` (Å) = the largest cutoff of its neighbour
+    lists, ``receptive_field`` (Å) = its ``interaction_range`` (at least the cutoff),
+    ``per_atom``: whether it gives per-atom energies, ``model_dtype``: its precision
+    ("float32" or "float64").
     """
 
+    model: Atomistic
     nl_options: list[NeighborListOptions]
+    nl_cutoffs: list[float]
+    nl_full: list[bool]
 
-    def __init__(self, model: torch.jit.ScriptModule, output: str = "energy"):
-        capabilities = model.capabilities()
-        if output not in capabilities.outputs:
-            raise ValueError(
-                f"the model has no '{output}' output (it has {sorted(capabilities.outputs)})"
-            )
-        requests = list(model.requested_neighbor_lists())
-        cutoffs = [float(o.engine_cutoff(LENGTH_UNIT)) for o in requests]
-        cutoff = max(cutoffs, default=0.0)
-        interaction = float(capabilities.engine_interaction_range(LENGTH_UNIT))
-        super().__init__(list(capabilities.atomic_types), cutoff, max(interaction, cutoff))
+    def __init__(self, model: torch.nn.Module, output: str = "energy"):
+        from ase.data import atomic_masses
+
+        super().__init__([1], 1.0, 1.0)  # placeholders until configure()
         self.model = model
+        # Standard atomic masses (amu) by atomic number, for configure() to pick from.
+        self.register_buffer("mass_table", torch.tensor(atomic_masses, dtype=torch.float64))
         self.output = output
         self.length_unit = LENGTH_UNIT
         self.energy_unit = ENERGY_UNIT
+        self.nl_options = []
+        self.nl_cutoffs = []
+        self.nl_full = []
+        self.per_atom = False
+        self.model_dtype = "float64"
+        # Follows .double()/.float() of the module: the precision the systems are built in.
+        self.register_buffer("dtype_probe", torch.zeros(1, dtype=torch.float64))
+        self.configure(output)
+
+    @torch.jit.export
+    def configure(self, output: str) -> None:
+        """Read species, cutoffs, neighbour lists, precision and the energy output from
+        :attr:`model`; ValueError if it has no such output, needs inputs the engines do not
+        give, or has atomic types without a standard mass."""
+        capabilities = self.model.capabilities()
+        if output not in capabilities.outputs:
+            names: list[str] = []
+            for name in capabilities.outputs.keys():
+                names.append(name)
+            raise ValueError(
+                "the model has no '" + output + "' output (it has " + str(sorted(names)) + ")"
+            )
+        inputs: list[str] = []
+        for name in self.model.requested_inputs(True).keys():
+            inputs.append(name)
+        if len(inputs) > 0:
+            raise ValueError(
+                "the model needs inputs symbreak's engines do not give: " + ", ".join(inputs)
+                + " (only types, positions, cell and neighbour lists)"
+            )  # fmt: skip
+        species = capabilities.atomic_types
+        for z in species:
+            if z < 1 or z >= self.mass_table.shape[0]:
+                raise ValueError("the model has atomic type " + str(z) + ", not an element")
+        requests = self.model.requested_neighbor_lists()
+        cutoffs: list[float] = []
+        for request in requests:
+            cutoffs.append(float(request.engine_cutoff(self.length_unit)))
+        cutoff = 0.0
+        for c in cutoffs:
+            cutoff = max(cutoff, c)
+        interaction = float(capabilities.engine_interaction_range(self.length_unit))
+        lookup = torch.full([max(species) + 1], -1, dtype=torch.int64)
+        masses: list[float] = []
+        for k, z in enumerate(species):
+            lookup[z] = k
+            masses.append(float(self.mass_table[z]))
+        self.species = species
+        self.masses = masses
+        self.species_index = lookup.to(self.species_index.device)
+        self.cutoff = cutoff
+        self.receptive_field = max(interaction, cutoff)
+        self.output = output
         self.nl_options = requests
         self.nl_cutoffs = cutoffs
-        self.nl_full = [bool(o.full_list) for o in requests]
+        self.nl_full = [bool(r.full_list) for r in requests]
         self.per_atom = capabilities.outputs[output].sample_kind == "atom"
-        self.model_dtype = str(capabilities.dtype)
+        self.model_dtype = capabilities.dtype
         dtype = torch.float64 if self.model_dtype == "float64" else torch.float32
-        # Follows .double()/.float() of the module: the precision the systems are built in.
-        self.register_buffer("dtype_probe", torch.zeros(1, dtype=dtype))
+        self.dtype_probe = torch.zeros(1, dtype=dtype, device=self.dtype_probe.device)
 
     def _labels(self, local: Tensor, centers: Tensor, neighbors: Tensor, shifts: Tensor) -> Labels:
         """Samples of a metatomic neighbour list: (first_atom, second_atom, cell shifts)."""
