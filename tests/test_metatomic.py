@@ -29,7 +29,8 @@ from metatomic_models import save_model  # noqa: E402
 from symbreak.ase import SymbreakCalculator  # noqa: E402
 from symbreak.evaluator import Evaluator, Structure  # noqa: E402
 from symbreak.export import export_metatomic, load_model, reexport_model  # noqa: E402
-from symbreak.metatomic import is_metatomic_file  # noqa: E402
+from symbreak.metatomic import is_metatomic_file, is_wrapped_metatomic  # noqa: E402
+from symbreak.metatomic.template import write_template  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -233,28 +234,27 @@ def test_converged_average_agrees_with_symmetrized_calculator(models):
     assert abs(float(same["energy_rot_std"][0]) - spread) < 1e-8
 
 
-def _contract_average(ev: Evaluator, atoms, rotations, weights) -> dict:
-    """The contract's accumulate + finalize over given rotations (one structure)."""
+def _graph_inputs(ev: Evaluator, atoms) -> list[torch.Tensor]:
+    """The contract's graph inputs for one structure (numbers ... selected)."""
     graph = ev.graph(Structure.from_atoms(atoms))
-    numbers = torch.from_numpy(atoms.numbers.astype(np.int64))
-    structure = torch.zeros(len(atoms), dtype=torch.int64)
-    selected = torch.ones(len(atoms), dtype=torch.bool)
-    raw = ev.module.accumulate(
-        numbers,
+    return [
+        torch.from_numpy(atoms.numbers.astype(np.int64)),
         torch.from_numpy(atoms.positions),
         torch.from_numpy(np.asarray(atoms.cell.array)).reshape(1, 3, 3),
-        structure,
+        torch.zeros(len(atoms), dtype=torch.int64),
         torch.from_numpy(graph.centers.astype(np.int64)),
         torch.from_numpy(graph.neighbors.astype(np.int64)),
         torch.from_numpy(graph.shifts.astype(np.int64)),
         torch.from_numpy(graph.reverse.astype(np.int64)),
-        selected,
-        rotations,
-        weights,
-        True,
-        0,
-    )
-    return ev.module.finalize(raw, structure, selected)
+        torch.ones(len(atoms), dtype=torch.bool),
+    ]
+
+
+def _contract_average(ev: Evaluator, atoms, rotations, weights) -> dict:
+    """The contract's accumulate + finalize over given rotations (one structure)."""
+    inputs = _graph_inputs(ev, atoms)
+    raw = ev.module.accumulate(*inputs, rotations, weights, True, 0)
+    return ev.module.finalize(raw, inputs[3], inputs[8])
 
 
 def test_several_structures_in_one_call(models):
@@ -286,6 +286,37 @@ def test_loading_detects_metatomic_files(models, tmp_path):
     b = Evaluator(wrapped, "lebedev:3").compute(Structure.from_atoms(atoms))[0]
     assert a.energy == b.energy
     np.testing.assert_array_equal(a.forces, b.forces)
+    # A wrapped file is written again around the same model (into itself too), the
+    # metatomic record it carries kept.
+    again = tmp_path / "again.pt"
+    reexport_model(wrapped, again)
+    reexport_model(again, again)
+    assert is_wrapped_metatomic(again) and not is_metatomic_file(again)
+    c = Evaluator(again, "lebedev:3").compute(Structure.from_atoms(atoms))[0]
+    assert c.energy == a.energy
+    np.testing.assert_array_equal(c.forces, a.forces)
+    with pytest.raises(ValueError, match="another file"):
+        reexport_model(models["float64"], models["float64"])  # would overwrite the source
+
+
+def test_template_takes_the_model_after_scripting(models, tmp_path):
+    """The wrapper scripted around a placeholder (what the LAMMPS plugin loads) becomes, with
+    the model set and configure() called, the wrapper scripted around the model."""
+    template = torch.jit.load(str(write_template(tmp_path / "template.pt")))
+    template._c.setattr("model", torch.jit.load(str(models["units"]))._c)
+    template.configure("energy")
+    direct = load_model(models["units"]).module
+    for name in ("species", "masses", "cutoff", "receptive_field", "nl_cutoffs", "nl_full"):
+        assert getattr(template, name) == getattr(direct, name), name
+    assert template.per_atom == direct.per_atom and template.model_dtype == direct.model_dtype
+    assert torch.equal(template.species_index, direct.species_index)
+    inputs = _graph_inputs(Evaluator(models["units"]), frames()["box"])
+    a = template.compute(*inputs, "lebedev:3", 0, True, 0)
+    b = direct.compute(*inputs, "lebedev:3", 0, True, 0)
+    for key in ("energy", "forces", "virial", "energy_rot_std"):
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    with pytest.raises(Exception, match="has no 'energy/pbe' output"):
+        template.configure("energy/pbe")
 
 
 def test_clear_errors(models, tmp_path):

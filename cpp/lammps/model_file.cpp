@@ -276,22 +276,23 @@ torch::jit::Module wrap_raw_metatomic(const std::string& path,
         "'" + path + "' is a metatomic model, but the wrapper template " + wrapper_file +
         " is missing (the build writes it when metatomic-torch, ase and scipy are importable): "
         "reinstall symbreak with `bash scripts/setup.sh`, or wrap the model once with "
-        "`symbreak export " + path + " --output W.pt` and load W.pt");
+        "`symbreak export " +
+        path + " --output W.pt` and load W.pt");
   torch::jit::Module inner;
   try {
     inner = metatomic_torch::load_atomistic_model(
         path, extensions_directory.empty() ? c10::optional<std::string>()
                                            : c10::optional<std::string>(extensions_directory));
   } catch (const std::exception& err) {
-    throw std::runtime_error("'" + path + "' is not a loadable metatomic model: " +
-                             script_error(err));
+    throw std::runtime_error("'" + path +
+                             "' is not a loadable metatomic model: " + script_error(err));
   }
   torch::jit::Module wrapper;
   try {
     wrapper = torch::jit::load(wrapper_file, torch::kCPU);
   } catch (const std::exception& err) {
-    throw std::runtime_error("the metatomic wrapper template " + wrapper_file +
-                             " is unreadable (" + script_error(err) + "): reinstall symbreak");
+    throw std::runtime_error("the metatomic wrapper template " + wrapper_file + " is unreadable (" +
+                             script_error(err) + "): reinstall symbreak");
   }
   try {
     // the interface type's check: the model has the entry points the wrapper calls

@@ -43,12 +43,13 @@ std::string resolve_model_path(const std::string& arg);
 
 //! The model in the file `path` (from resolve_model_path), loaded and checked: a metatomic
 //! file's extensions loaded (from `extensions_directory` when not empty), a raw one set in
-//! the wrapper template (symbreak/lib/metatomic_template.pt) and configured, the torch version, the contract version and entry points, metadata.json
-//! against the module's attributes. `dtype_request` is "auto" (as the file holds),
-//! "float64" (converted) or "float32" (a float64 file is refused); the module is then moved
-//! to `device` (from resolve_device). Models are cached for the life of the process, keyed by
-//! the file (real path, size, mtime), `dtype_request` and `device`; `from_cache` says whether
-//! this one was. Throws std::runtime_error with the message to show.
+//! the wrapper template (symbreak/lib/metatomic_template.pt) and configured, the torch version, the
+//! contract version and entry points, metadata.json against the module's attributes.
+//! `dtype_request` is "auto" (as the file holds), "float64" (converted) or "float32" (a float64
+//! file is refused); the module is then moved to `device` (from resolve_device). Models are cached
+//! for the life of the process, keyed by the file (real path, size, mtime), `dtype_request` and
+//! `device`; `from_cache` says whether this one was. Throws std::runtime_error with the message to
+//! show.
 std::shared_ptr<Model> load_model(const std::string& path, const std::string& dtype_request,
                                   const std::string& extensions_directory,
                                   const torch::Device& device, bool& from_cache);

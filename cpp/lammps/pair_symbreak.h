@@ -14,10 +14,10 @@
 // `device`: where the model runs (default cpu); the graph is built on the CPU and goes to the
 // device once per force call.
 //
-// A metatomic model (an AtomisticModel file, e.g. from metatrain) is served once wrapped:
-// `symbreak export MODEL.pt --output W.pt`, then `pair_style symbreak W.pt average ...`; a
-// raw metatomic file is refused with that command. `extensions DIR`: where the model's
-// TorchScript extensions are (when they are not installed).
+// A metatomic model (an AtomisticModel file, e.g. from metatrain's `mtt export`) is served as
+// it is, set in the wrapper template the build writes (model_file.cpp), or wrapped once by
+// `symbreak export MODEL.pt --output W.pt`. `extensions DIR`: where the model's TorchScript
+// extensions are (when they are not installed).
 
 #ifndef SYMBREAK_PAIR_SYMBREAK_H
 #define SYMBREAK_PAIR_SYMBREAK_H

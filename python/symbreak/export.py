@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .contract import CONTRACT_VERSION, AveragedModel
-from .metatomic import is_metatomic_file, prepare_wrapped
+from .metatomic import is_metatomic_file, is_wrapped_metatomic, prepare_wrapped
 from .model import OPTIONAL_BUFFERS, PET, PETConfig
 
 SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
@@ -227,9 +227,9 @@ def _wrap_metatomic(
     """A metatomic file written as a contract file around it (``symbreak export``)."""
     from .metatomic import load_metatomic, save_wrapped
 
-    module, meta = load_metatomic(path, extensions_directory)
-    if output.resolve() == path.resolve():
+    if output.resolve() == path.resolve() and is_metatomic_file(path):
         raise ValueError(f"'{path}': write the wrapped model to another file")
+    module, meta = load_metatomic(path, extensions_directory)
     tmp = output.with_name(output.name + ".tmp")
     save_wrapped(module, meta, path, tmp)
     tmp.replace(output)
@@ -245,7 +245,8 @@ def reexport_model(
     up to date. ``output`` may be the source itself. A metatomic model file is written
     as a contract file around it (for engines that load contract files only: LAMMPS)."""
     path = resolve_model_path(name_or_path)
-    if is_metatomic_file(path):  # the metatomic model wrapped in this version's contract
+    if is_metatomic_file(path) or is_wrapped_metatomic(path):
+        # the metatomic model wrapped in this version's contract
         return _wrap_metatomic(path, Path(output), extensions_directory)
     module, meta = _read(path)
     model = rebuild_pet(path, module, meta)

@@ -105,7 +105,10 @@ def test_one_and_two_ranks_match_python(tmp_path, plugin, models, options, polic
     ref = reference(models["wrapped"], policy, torch.float64, base)
     for name, res in runs.items():
         diff = differences(res, ref)
-        print(f"{kind:>7} {policy:>14} {name:<15} " + " ".join(f"{k} {v:.1e}" for k, v in diff.items()))
+        print(
+            f"{kind:>7} {policy:>14} {name:<15} "
+            + " ".join(f"{k} {v:.1e}" for k, v in diff.items())
+        )
         for key in ("energy", "forces", "virial", "atomic"):
             assert diff[key] < BAR, (name, key, diff)
         assert_matches(res, ref, "float64", n_rot)

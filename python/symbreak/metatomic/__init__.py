@@ -124,25 +124,29 @@ def load_atomistic(
     except RuntimeError as err:
         hint = " (missing extension? --extensions DIR)" if "Unknown" in str(err) else ""
         raise ValueError(f"'{path}' is not a loadable metatomic model{hint}: {err}") from err
-    inputs = module.requested_inputs(True)
-    if len(inputs) > 0:
-        raise ValueError(
-            f"'{path}': the model needs inputs symbreak's engines do not give: "
-            f"{', '.join(sorted(inputs))} (only types, positions, cell and neighbour lists)"
-        )
-    return module
+    return module  # the wrapper's configure() checks what it needs (inputs, outputs)
 
 
 def load_metatomic(
     path: str | Path, extensions_directory: str | Path | None = None, output: str = "energy"
 ):
-    """A metatomic file as symbreak's ``(scripted MetatomicAveraged, ModelMetadata)``."""
+    """A metatomic file as symbreak's ``(scripted MetatomicAveraged, ModelMetadata)``. A
+    wrapped file (:func:`save_wrapped`, an older symbreak's) is unwrapped and wrapped again
+    with this version's code, around the same model (``output`` then is the file's)."""
     from ..contract import CONTRACT_VERSION
     from ..export import ModelMetadata
     from .averaged import MetatomicAveraged
 
     path = Path(path)
-    atomistic = load_atomistic(path, extensions_directory)
+    if is_wrapped_metatomic(path):
+        load_extensions(path, extensions_directory)
+        try:
+            wrapped = torch.jit.load(str(path), map_location="cpu")
+            atomistic, output = wrapped.model, str(wrapped.output)
+        except (RuntimeError, AttributeError) as err:
+            raise ValueError(f"'{path}' is not a readable wrapped metatomic model: {err}") from err
+    else:
+        atomistic = load_atomistic(path, extensions_directory)
     try:
         wrapper = MetatomicAveraged(atomistic, output)
     except ValueError as err:

@@ -176,7 +176,7 @@ class MetatomicAveraged(ContractModel):
             torch.int32
         )
         names = ["first_atom", "second_atom", "cell_shift_a", "cell_shift_b", "cell_shift_c"]
-        return Labels(names, values)
+        return Labels(names, values, assume_unique=True)
 
     @torch.jit.export
     def accumulate(
@@ -290,7 +290,9 @@ class MetatomicAveraged(ContractModel):
                         chosen.append(torch.stack([index, mine], dim=1))
             selected_atoms: Labels | None = None
             if not all_selected:
-                selected_atoms = Labels(["system", "atom"], torch.cat(chosen).to(torch.int32))
+                selected_atoms = Labels(
+                    ["system", "atom"], torch.cat(chosen).to(torch.int32), assume_unique=True
+                )
             options = ModelEvaluationOptions(
                 length_unit=self.length_unit, outputs=requested, selected_atoms=selected_atoms
             )
