@@ -3,10 +3,15 @@ its shaped fit, each against finite differences or the unguarded model where the
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import torch
 
-from helpers import small_water, tiny_pet
+from helpers import export_tiny, small_water, tiny_pet, water_frame
+from symbreak.evaluator import Evaluator
+from symbreak.export import load_model, rebuild_pet
 from symbreak.graph import build_graph
 from symbreak.pair import PairPrior, fit_pair_prior
 from symbreak.scans import dimer
@@ -178,3 +183,40 @@ def test_minima_counts_wells_not_ripples():
     second = well - 0.01 * np.exp(-(((r - 2.5) / 0.1) ** 2))  # a 10 meV well at 2.5 Å
     assert minima(well) == 1 and minima(ripple) == 1 and minima(ripple, 0) > 1
     assert minima(second) == 2
+
+
+def test_export_raises_a_floor_and_refuses_to_lower_one(tmp_path):
+    """``symbreak export --floor H-H=1.0``: the file's H–H floor is raised; energies of a frame
+    whose H–H contacts are all above 1.0 Å are unchanged, those of a frame with a shorter H–H
+    contact change; lowering a floor below the data's or naming an unknown element is an
+    error that names it (the CLI exits with 2)."""
+    source = export_tiny(tmp_path / "tiny.pt")  # H–H floor 0.7 Å
+    raised = tmp_path / "raised.pt"
+    run = subprocess.run(
+        [sys.executable, "-m", "symbreak", "export", str(source), "--floor", "H-H=1.0",
+         "--output", str(raised)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    loaded = load_model(raised)
+    assert loaded.metadata.training["raised_floors"] == ["H-H=1.0"]
+    pet = rebuild_pet(loaded.path, loaded.module, loaded.metadata)
+    assert float(pet.short_range.floor[0, 0]) == 1.0
+    assert float(pet.short_range.floor[0, 1]) == 0.95  # the others as they were
+    before, after = Evaluator(source, dtype=torch.float64), Evaluator(raised, dtype=torch.float64)
+    water = water_frame(0)  # liquid: its shortest H–H is the intramolecular 1.5 Å
+    hh = water.get_all_distances(mic=True)[water.numbers == 1][:, water.numbers == 1]
+    assert hh[hh > 0].min() > 1.1
+    assert before(water).energy == after(water).energy
+    contact = water.copy()
+    h1, h2 = 1, 4  # hydrogens of two molecules, brought to 0.85 Å
+    contact.positions[h2] = contact.positions[h1] + [0.85, 0.0, 0.0]
+    assert abs(before(contact).energy - after(contact).energy) > 1e-6
+    for bad, message in (("H-H=0.5", "can only be raised"), ("H-C=1.0", "elements of the model")):
+        run = subprocess.run(
+            [sys.executable, "-m", "symbreak", "export", str(source), "--floor", bad,
+             "--output", str(tmp_path / "bad.pt")],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 2 and message in run.stderr, run.stderr
+        assert not (tmp_path / "bad.pt").exists()

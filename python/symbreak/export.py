@@ -237,19 +237,36 @@ def _wrap_metatomic(
 
 
 def reexport_model(
-    name_or_path: str | Path, output: str | Path, extensions_directory: str | Path | None = None
+    name_or_path: str | Path,
+    output: str | Path,
+    extensions_directory: str | Path | None = None,
+    floors: list[str] | None = None,
 ) -> ModelMetadata:
     """Write a model file again with this version's code: the same weights, buffers and
     metadata (config, training), this torch version. The scripted code, e.g. how
     ``compute`` averages, is frozen inside a file at export; this brings an older file
     up to date. ``output`` may be the source itself. A metatomic model file is written
-    as a contract file around it (for engines that load contract files only: LAMMPS)."""
+    as a contract file around it (for engines that load contract files only: LAMMPS).
+    ``floors``: short-range floors to raise, ``["H-H=1.0", ...]`` (Å,
+    :mod:`symbreak.short_range`; recorded in the training metadata)."""
     path = resolve_model_path(name_or_path)
     if is_metatomic_file(path) or is_wrapped_metatomic(path):
+        if floors:
+            raise ValueError(f"'{path}': a metatomic model has no short-range floors to raise")
         # the metatomic model wrapped in this version's contract
         return _wrap_metatomic(path, Path(output), extensions_directory)
     module, meta = _read(path)
     model = rebuild_pet(path, module, meta)
+    if floors:
+        from .short_range import parse_floors, symbols
+
+        try:
+            species = list(model.species)
+            model.short_range.raise_floors(parse_floors(floors, species), symbols(species))
+        except ValueError as err:
+            raise ValueError(f"'{path}': {err}") from err
+        meta.training = dict(meta.training)
+        meta.training["raised_floors"] = list(meta.training.get("raised_floors", [])) + floors
     output = Path(output)
     tmp = output.with_name(output.name + ".tmp")
     meta = export_model(model, tmp, meta.config, meta.training)

@@ -43,6 +43,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="folder of the TorchScript extensions a metatomic source model needs, if they "
         "are not installed",
     )
+    p.add_argument(
+        "--floor",
+        metavar="PAIR=Å",
+        action="append",
+        default=[],
+        help="raise the short-range floor of a species pair (e.g. H-H=1.0; repeatable): "
+        "below it the learned part and the three-body prior read a fixed contact "
+        "(symbreak.short_range); only raised, never below the data's shortest distance",
+    )
     p.set_defaults(func=_run)
 
 
@@ -53,11 +62,13 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         if args.format == "metatomic":
+            if args.floor:
+                raise ValueError("--floor applies to --format symbreak (re-export first)")
             dtype = torch.float64 if args.dtype == "float64" else torch.float32
             path = export_metatomic(args.model, args.output, dtype)
             print(f"wrote {path} (metatomic AtomisticModel, {args.dtype})")
             return 0
-        meta = reexport_model(args.model, args.output, args.extensions)
+        meta = reexport_model(args.model, args.output, args.extensions, args.floor)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"symbreak export: {err}", file=sys.stderr)
         return 2

@@ -20,7 +20,10 @@ together. symbreak's models get that from three pieces, each exact where the dat
   samples between 1.5 and 2.4 Å) give a smooth curve, not an oscillation.
 
 ``floor`` [S, S] (Å) is measured from the training frames (:func:`short_range_bounds`) and
-stored in the model; 0 switches the floor off (files made before it have none).
+stored in the model; 0 switches the floor off (files made before it have none). A floor can
+be raised afterwards (:meth:`ShortRangeFloor.raise_floors`, ``symbreak export --floor
+H-H=1.0``) where the data hold too few contacts for the transformer to learn from: the water
+data have 8 H–H pairs below 1.0 Å in 160 frames (H₂ and proton-sharing contacts).
 """
 
 from __future__ import annotations
@@ -45,6 +48,21 @@ class ShortRangeFloor(nn.Module):
         super().__init__()
         self.width = float(width)
         self.register_buffer("floor", torch.zeros(n_species, n_species, dtype=torch.float64))
+
+    def raise_floors(self, raised: dict[tuple[int, int], float], names: list[str]) -> None:
+        """Set the floors of species index pairs {(a, b): Å} (both orders; ``names``: the
+        species' symbols, for errors). A floor can only be raised: below the data's shortest
+        distance the learned part was never trained. ValueError naming the pair otherwise."""
+        for (a, b), value in raised.items():
+            current = float(self.floor[a, b])
+            if not value >= current or not np.isfinite(value):
+                raise ValueError(
+                    f"the floor of {names[a]}-{names[b]} is {current:.4f} Å (the data's "
+                    f"shortest distance); it can only be raised, not set to {value} Å"
+                )
+            with torch.no_grad():
+                self.floor[a, b] = value
+                self.floor[b, a] = value
 
     def lengths(self, species_a: Tensor, species_b: Tensor, r: Tensor) -> Tensor:
         """Edge lengths [E] (Å) through the floor of the species pairs (a, b) [E] each."""
@@ -87,3 +105,32 @@ def short_range_bounds(
         shortest[a, b] = r.min()
         monotone[a, b] = np.quantile(r, monotone_quantile)
     return shortest, monotone
+
+
+def parse_floors(texts: list[str], species: list[int]) -> dict[tuple[int, int], float]:
+    """``["H-H=1.0", ...]`` as {(a, b): Å} in species indices of a model of ``species``
+    (atomic numbers); ValueError naming the bad text."""
+    from ase.data import atomic_numbers
+
+    out: dict[tuple[int, int], float] = {}
+    for text in texts:
+        pair, sep, value = text.partition("=")
+        elements = pair.split("-")
+        try:
+            if not sep or len(elements) != 2:
+                raise ValueError
+            a, b = (species.index(atomic_numbers[s.strip()]) for s in elements)
+            out[(a, b)] = float(value)
+        except (ValueError, KeyError):
+            raise ValueError(
+                f"floor '{text}': expected PAIR=Å with elements of the model "
+                f"({', '.join(symbols(species))}), e.g. H-H=1.0"
+            ) from None
+    return out
+
+
+def symbols(species: list[int]) -> list[str]:
+    """Element symbols of atomic numbers."""
+    from ase.data import chemical_symbols
+
+    return [chemical_symbols[z] for z in species]
