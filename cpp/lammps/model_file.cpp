@@ -6,6 +6,7 @@
 #include <caffe2/serialize/inline_container.h>
 #include <dlfcn.h>
 #include <link.h>
+#include <malloc.h>
 #include <sys/stat.h>
 #include <torch/cuda.h>
 #include <torch/version.h>
@@ -253,6 +254,19 @@ std::map<std::string, std::shared_ptr<Model>>& model_cache() {
   return *cache;
 }
 
+// As symbreak.allocator.keep_freed_memory: glibc keeps freed memory instead of trimming it and
+// mapping fresh pages, so force calls stop faulting their activations in (once per process;
+// SYMBREAK_KEEP_FREED_MEMORY=0 leaves the defaults).
+void keep_freed_memory() {
+  static const bool done = [] {
+    const char* env = std::getenv("SYMBREAK_KEEP_FREED_MEMORY");
+    if (env && std::string(env) == "0") return false;
+    return mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024) == 1 &&
+           mallopt(M_TOP_PAD, 512 * 1024 * 1024) == 1 && mallopt(M_TRIM_THRESHOLD, 2147483647) == 1;
+  }();
+  (void)done;
+}
+
 std::string reexport_hint(const std::string& path) {
   return "write it again with this symbreak: `symbreak export " + path + " --output NEW.pt`";
 }
@@ -399,6 +413,7 @@ std::shared_ptr<Model> load_model(const std::string& path, const std::string& dt
   }
   from_cache = false;
 
+  keep_freed_memory();
   auto model = std::make_shared<Model>();
   model->path = path;
   // A metatomic file: raw (AtomisticModel.save, mtt export), served in the wrapper template,

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .allocator import keep_freed_memory
 from .contract import EDGE_BUDGET, carried_grids
 from .export import LoadedModel, load_model
 from .graph import Graph, build_graph
@@ -117,6 +118,7 @@ class Evaluator:
         device: str | torch.device | None = None,
     ):
         self.device = resolve_device(device)
+        keep_freed_memory()  # fewer page faults per call (symbreak.allocator)
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             raise ValueError(
                 f"workers must be an integer >= 1 or None (automatic), not {workers!r}"
