@@ -8,7 +8,9 @@ of the averaged model by
 
 * **symbreak**: ``symbreak.evaluator.Evaluator(model).compute(structure, policy)`` (the K
   rotated copies in batched model calls, split over parallel workers as the evaluator
-  chooses),
+  chooses; its process keeps freed memory, :mod:`symbreak.allocator`, while the peers'
+  processes run with glibc's defaults: ``SYMBREAK_KEEP_FREED_MEMORY=0`` measures symbreak
+  without it),
 * **SymmetrizedCalculator** (metatomic-ase): ``SymmetrizedCalculator(MetatomicCalculator(
   model), l_max=l, include_inversion=False)``, whose grid is a Lebedev rule of order ≥ l times
   2l+1 in-plane angles. ``l_max=1`` is symbreak's ``lebedev:3`` exactly (6 x 3 = 18); no
