@@ -42,6 +42,8 @@ def _faults_per_call(keep: str) -> dict:
 def test_model_calls_stop_faulting_pages_in():
     kept, default = _faults_per_call("1"), _faults_per_call("0")
     assert kept["kept"] and not default["kept"]
-    print(f"minor page faults per call of 192 atoms: {default['faults']:.0f} -> {kept['faults']:.0f}")
+    print(
+        f"minor page faults per call of 192 atoms: {default['faults']:.0f} -> {kept['faults']:.0f}"
+    )
     assert default["faults"] > 1000  # glibc's defaults: the activations faulted in each call
     assert kept["faults"] < 0.2 * default["faults"]

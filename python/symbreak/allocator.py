@@ -9,9 +9,10 @@ metatrain PET took 6,662 minor page faults and 14 ms of system time, 0.146 s in 
 0.116 s with no faults; the shipped PET 2,100 faults, 0.115 -> 0.105 s.
 
 :func:`keep_freed_memory` (called by :class:`symbreak.evaluator.Evaluator`) sets, once per
-process: trimming only beyond 2 GiB free, 512 MiB of top pad per heap growth, and glibc's largest ``mmap``
-threshold (32 MiB; larger blocks are still mapped per call). The cost: the process keeps
-the heap of its largest call instead of shrinking after it, as a long MD run does anyway.
+process: trimming only beyond 2 GiB free, 512 MiB of top pad per heap growth, and glibc's
+largest ``mmap`` threshold (32 MiB; larger blocks are still mapped per call). The cost:
+the process keeps the heap of its largest call instead of shrinking after it, as a long MD
+run does anyway.
 ``SYMBREAK_KEEP_FREED_MEMORY=0`` leaves glibc's defaults; elsewhere than glibc, nothing is
 done.
 """
@@ -42,7 +43,9 @@ def keep_freed_memory() -> bool:
         if os.environ.get("SYMBREAK_KEEP_FREED_MEMORY", "1") != "0":
             try:
                 libc = ctypes.CDLL(None)
-                libc.gnu_get_libc_version  # glibc only: mallopt's parameters differ elsewhere
+                # glibc only: mallopt's parameters differ elsewhere
+                if not hasattr(libc, "gnu_get_libc_version"):
+                    return False
                 mallopt = libc.mallopt
                 mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
             except (OSError, AttributeError):
