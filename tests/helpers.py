@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import ase.io
@@ -128,3 +130,10 @@ def contract_inputs(atoms: Atoms, cutoff: float, selected=None, species=(1, 8)) 
         torch.from_numpy(g.reverse),
         torch.ones(n, dtype=torch.bool) if selected is None else selected,
     ]
+
+
+def symbreak_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m symbreak ARGS...`` in a bounded subprocess, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "symbreak", *args], capture_output=True, text=True, timeout=timeout
+    )

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import export_tiny, small_water, strain_derivative, water_frame
+from helpers import export_tiny, small_water, strain_derivative, symbreak_cli, water_frame
 
 mta = pytest.importorskip("metatomic.torch")
 metatomic_ase = pytest.importorskip("metatomic_ase")
@@ -370,11 +370,7 @@ def test_symbreak_pet_exported_as_metatomic(tmp_path):
 def test_export_cli(tmp_path):
     source = export_tiny(tmp_path / "tiny.pt")
     out = tmp_path / "cli-metatomic.pt"
-    run = subprocess.run(
-        [sys.executable, "-m", "symbreak", "export", str(source), "--format", "metatomic",
-         "--output", str(out)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    run = symbreak_cli("export", str(source), "--format", "metatomic", "--output", str(out))
     assert run.returncode == 0, run.stderr
     assert is_metatomic_file(out)
 

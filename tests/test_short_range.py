@@ -3,13 +3,10 @@ its shaped fit, each against finite differences or the unguarded model where the
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import torch
 
-from helpers import export_tiny, small_water, tiny_pet, water_frame
+from helpers import export_tiny, small_water, symbreak_cli, tiny_pet, water_frame
 from symbreak.evaluator import Evaluator
 from symbreak.export import load_model, rebuild_pet
 from symbreak.graph import build_graph
@@ -192,11 +189,7 @@ def test_export_raises_a_floor_and_refuses_to_lower_one(tmp_path):
     error that names it (the CLI exits with 2)."""
     source = export_tiny(tmp_path / "tiny.pt")  # H–H floor 0.7 Å
     raised = tmp_path / "raised.pt"
-    run = subprocess.run(
-        [sys.executable, "-m", "symbreak", "export", str(source), "--floor", "H-H=1.0",
-         "--output", str(raised)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    run = symbreak_cli("export", str(source), "--floor", "H-H=1.0", "--output", str(raised))
     assert run.returncode == 0, run.stderr
     loaded = load_model(raised)
     assert loaded.metadata.training["raised_floors"] == ["H-H=1.0"]
@@ -213,10 +206,8 @@ def test_export_raises_a_floor_and_refuses_to_lower_one(tmp_path):
     contact.positions[h2] = contact.positions[h1] + [0.85, 0.0, 0.0]
     assert abs(before(contact).energy - after(contact).energy) > 1e-6
     for bad, message in (("H-H=0.5", "can only be raised"), ("H-C=1.0", "elements of the model")):
-        run = subprocess.run(
-            [sys.executable, "-m", "symbreak", "export", str(source), "--floor", bad,
-             "--output", str(tmp_path / "bad.pt")],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        run = symbreak_cli(
+            "export", str(source), "--floor", bad, "--output", str(tmp_path / "bad.pt")
+        )
         assert run.returncode == 2 and message in run.stderr, run.stderr
         assert not (tmp_path / "bad.pt").exists()
