@@ -129,6 +129,14 @@ class RawVectorModel(torch.nn.Module):
         return {self.output: TensorMap(Labels(["_"], torch.tensor([[0]])), [block])}
 
 
+class NeedsMasses(RawVectorModel):
+    """The test model, also requesting the atoms' masses as an input (which symbreak's
+    engines do not give)."""
+
+    def requested_inputs(self) -> Dict[str, ModelOutput]:  # noqa: UP006
+        return {"masses": ModelOutput(quantity="mass", unit="u", sample_kind="atom")}
+
+
 def build_model(
     species: tuple[int, ...] = (1, 8),
     dtype: torch.dtype = torch.float64,
@@ -137,12 +145,12 @@ def build_model(
     per_atom: bool = True,
     seed: int = 0,
     output: str = "energy",
+    needs_masses: bool = False,
 ) -> AtomisticModel:
     """The test model wrapped in metatomic's ``AtomisticModel`` (eval mode); ``output``: the
     name of its energy output (a variant "energy/NAME" computes the same energy)."""
-    inner = RawVectorModel(
-        list(species), length_unit=length_unit, dtype=dtype, seed=seed, output=output
-    )
+    kind = NeedsMasses if needs_masses else RawVectorModel
+    inner = kind(list(species), length_unit=length_unit, dtype=dtype, seed=seed, output=output)
     capabilities = ModelCapabilities(
         outputs={
             output: ModelOutput(

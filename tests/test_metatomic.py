@@ -330,6 +330,13 @@ def test_clear_errors(models, tmp_path):
             dst.writestr(item, data)
     with pytest.raises(ValueError, match=r"made_up_ext.*--extensions|--extensions.*made_up"):
         load_model(broken)
+    # A model that needs an input the engines do not give, and one without an energy.
+    needs = save_model(tmp_path / "needs-masses.pt", needs_masses=True)
+    with pytest.raises(ValueError, match=r"needs-masses.pt': the model needs inputs .*mass"):
+        load_model(needs)
+    variant = save_model(tmp_path / "variant.pt", output="energy/pbe")
+    with pytest.raises(ValueError, match=r"has no 'energy' output \(it has \['energy/pbe'\]\)"):
+        load_model(variant)
     ev = Evaluator(models["float64"])
     atoms = frames()["box"]
     atoms.numbers[0] = 6
