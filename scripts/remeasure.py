@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from symbreak.export import _read, export_model, rebuild_pet, resolve_model_path
+from symbreak.export import export_model, load_model, rebuild_pet
 from symbreak.training import evaluate, file_fingerprint, make_samples, read_labelled
 
 
@@ -26,13 +26,13 @@ def main() -> int:
     parser.add_argument("--data", default="../shared/data/water_revpbe0d3_160.xyz")
     parser.add_argument("--output", help="file to write (default: the model file itself)")
     args = parser.parse_args()
-    path = resolve_model_path(args.model)
-    module, meta = _read(path)
+    loaded = load_model(args.model)  # the public loader: checks included
+    path, meta = loaded.path, loaded.metadata
     training = dict(meta.training)
     data = Path(args.data)
     if file_fingerprint(data) != training.get("data_sha256"):
         raise SystemExit(f"{data} is not the data {path.name} was trained on (sha256 differs)")
-    model = rebuild_pet(path, module, meta).eval()
+    model = rebuild_pet(path, loaded.module, meta).eval()
     samples = make_samples(read_labelled(data), list(model.species), float(model.cutoff))
     split = training["split"]
     before = training.get("metrics", {})
