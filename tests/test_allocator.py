@@ -11,20 +11,22 @@ import sys
 import pytest
 
 CALLS = """
-import json, resource, torch
+import json, resource, statistics, torch
 from helpers import water_frame
 from symbreak.evaluator import Evaluator, Structure
 from symbreak.allocator import keep_freed_memory
 torch.set_num_threads(1)
 ev = Evaluator("water-revpbe0d3")
 s = Structure.from_atoms(water_frame(0))
-for _ in range(2):
-    ev.compute(s)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):
     ev.compute(s)
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
-print(json.dumps({"faults": faults, "kept": keep_freed_memory()}))
+faults = []
+for _ in range(9):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    ev.compute(s)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+# the median call: the odd call still faults a few MB in (Python's own arenas, heap layout)
+print(json.dumps({"faults": statistics.median(faults), "kept": keep_freed_memory()}))
 """
 
 
@@ -46,4 +48,4 @@ def test_model_calls_stop_faulting_pages_in():
         f"minor page faults per call of 192 atoms: {default['faults']:.0f} -> {kept['faults']:.0f}"
     )
     assert default["faults"] > 1000  # glibc's defaults: the activations faulted in each call
-    assert kept["faults"] < 0.2 * default["faults"]
+    assert kept["faults"] < 0.1 * default["faults"]
