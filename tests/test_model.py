@@ -160,12 +160,17 @@ def test_unknown_species_is_named(ev64):
         ev64.compute(structure(atoms))
 
 
-@pytest.mark.parametrize("share", [slice(None), slice(3, 11)])
-def test_compute_evaluates_the_priors_once_as_if_per_rotation(share):
+@pytest.mark.parametrize(
+    "share, chunk_edges",
+    [(slice(None), None), (slice(3, 11), None), (slice(None), 50), (slice(3, 11), 1)],
+)
+def test_compute_evaluates_the_priors_once_as_if_per_rotation(share, chunk_edges):
     """``accumulate`` evaluates the invariant priors once; everything it returns must equal
     the K-copy evaluation of the whole model (``atomic_energies`` of each rotated copy,
     autograd per copy), also for a subset of a grid whose weights do not sum to 1 (the
-    evaluator's parallel workers each take such a group)."""
+    evaluator's parallel workers each take such a group), and when the gradient is taken
+    in chunks of atoms with recomputed forward passes (``chunk_edges``: 50 edges, i.e.
+    several atoms per chunk, and 1, one atom per chunk)."""
     from symbreak.contract import AveragedModel
     from symbreak.rotations import AveragingPolicy
 
@@ -181,9 +186,11 @@ def test_compute_evaluates_the_priors_once_as_if_per_rotation(share):
     rotations, weights = AveragingPolicy.parse("lebedev:3+inv").rotations()
     rotations = torch.from_numpy(rotations[share])
     weights = torch.from_numpy(weights[share])
-    out = AveragedModel(model).accumulate(
-        *contract_inputs(atoms, cfg.cutoff), rotations, weights, True, 0
-    )
+    averaged = AveragedModel(model)
+    if chunk_edges is not None:
+        averaged.chunk_above_edges = averaged.chunk_edges = chunk_edges
+        assert len(centers) > 4 * chunk_edges  # the chunked path runs, over several chunks
+    out = averaged.accumulate(*contract_inputs(atoms, cfg.cutoff), rotations, weights, True, 0)
 
     e_k, eps_sum, f_k = [], torch.zeros(len(atoms), dtype=torch.float64), []
     grad_sum = torch.zeros_like(base)
@@ -211,6 +218,62 @@ def test_compute_evaluates_the_priors_once_as_if_per_rotation(share):
     np.testing.assert_allclose(out["forces_sq"].numpy(), sq, rtol=1e-11)
     # The check has teeth: the learned part's forces differ between the rotations.
     assert np.abs(f_k - f_k.mean(0)).max() > 1e-3
+
+
+@pytest.mark.parametrize("policy", ["none", "lebedev:3+inv", "random+seed=4"])
+def test_chunked_gradients_equal_the_whole_graph_in_the_scripted_file(policy):
+    """The scripted contract with the gradient taken in chunks of atoms (forward passes
+    recomputed) gives every output of the whole-graph backward pass: LAMMPS-style
+    unselected (ghost) atoms included, float64, whatever the rotation batch."""
+    from symbreak.contract import AveragedModel
+
+    model, cfg = tiny_pet(seed=4)
+    scripted = torch.jit.script(AveragedModel(model.double()))
+    atoms = small_water(8, seed=9, triclinic=True)
+    selected = torch.ones(len(atoms), dtype=torch.bool)
+    selected[::5] = False
+    args = contract_inputs(atoms, cfg.cutoff, selected=selected)
+    whole = scripted.compute(*args, policy, 3, True, 0)
+    scripted.chunk_above_edges = scripted.chunk_edges = 60
+    for rotation_batch in (1, 0, 100):
+        chunked = scripted.compute(*args, policy, 3, True, rotation_batch)
+        assert whole.keys() == chunked.keys()
+        for key in whole:
+            torch.testing.assert_close(chunked[key], whole[key], rtol=1e-11, atol=1e-11, msg=key)
+    assert float(whole["forces"].abs().max()) > 0.1
+
+
+@pytest.mark.parametrize("policy", ["none", "lebedev:3", "random+seed=2"])
+def test_batched_structures_in_groups_equal_one_graph(policy):
+    """Beyond ``edge_budget`` edges, the structures of a batched call are evaluated in
+    groups of whole structures; every output equals the one-graph evaluation (float64),
+    with unselected atoms and structures of different sizes."""
+    from symbreak.contract import AveragedModel
+
+    model, cfg = tiny_pet(seed=5)
+    scripted = torch.jit.script(AveragedModel(model.double()))
+    frames = [small_water(n, seed=n, triclinic=True) for n in (8, 5, 8, 6)]
+    parts = [contract_inputs(atoms, cfg.cutoff) for atoms in frames]
+    offsets = np.cumsum([0] + [len(a) for a in frames])
+    edge_offsets = np.cumsum([0] + [len(p[4]) for p in parts])
+    args = [
+        torch.cat([p[0] for p in parts]),
+        torch.cat([p[1] for p in parts]),
+        torch.cat([p[2] for p in parts]),
+        torch.cat([torch.full((len(a),), b) for b, a in enumerate(frames)]),
+        torch.cat([p[4] + int(o) for p, o in zip(parts, offsets, strict=False)]),
+        torch.cat([p[5] + int(o) for p, o in zip(parts, offsets, strict=False)]),
+        torch.cat([p[6] for p in parts]),
+        torch.cat([p[7] + int(o) for p, o in zip(parts, edge_offsets, strict=False)]),
+        torch.arange(offsets[-1]) % 7 != 3,
+    ]
+    whole = scripted.compute(*args, policy, 1, True, 0)
+    scripted.edge_budget = int(max(len(p[4]) for p in parts)) + 1  # 1 or 2 structures a group
+    grouped = scripted.compute(*args, policy, 1, True, 0)
+    assert whole.keys() == grouped.keys()
+    for key in whole:
+        torch.testing.assert_close(grouped[key], whole[key], rtol=1e-11, atol=1e-11, msg=key)
+    assert float(whole["forces"].abs().max()) > 0.1
 
 
 def test_reexport_keeps_weights_and_metadata_and_updates_torch_version(model_file, tmp_path):

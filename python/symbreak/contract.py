@@ -50,6 +50,19 @@ MIN_DISTANCE = 1e-4
 #: batched/separate = 0.89 with 2 rotations per call, 1.00 with 3, 1.15 with 6, 1.26 with
 #: 11; benchmarks/averaging.py). 8192 edges ≈ 2 rotations of 64 H2O, ≈ 0.4 GB.
 EDGE_BUDGET = 8_192
+#: A model call with more edges than this takes its gradient in chunks of atoms of about
+#: :data:`CHUNK_EDGES` edges, each chunk's forward recomputed in the backward pass
+#: (:meth:`symbreak.model.PET.learned_energies_and_gradients`). The whole-graph backward
+#: keeps ≈ 30 kB of activations per edge, in tensors large enough that glibc maps fresh
+#: pages for each of them at every call: at 12288 atoms of water (177k edges, 1 thread)
+#: it took 31 s, 62 s of it system time over 5.4 GB, against 7–8 s and 1.4 GB in chunks.
+#: Below ≈ 100k edges the whole graph is faster (5184 atoms: 2.8 s against 3.0 s), as
+#: recomputing costs a forward pass of all layers but the last.
+CHUNK_ABOVE_EDGES = 100_000
+#: On a GPU there are no page faults to avoid (torch caches device memory), only memory:
+#: ≈ 40 kB per edge, so the whole graph up to ≈ 40 GB (not measured on a GPU yet).
+CHUNK_ABOVE_EDGES_CUDA = 1_000_000
+CHUNK_EDGES = 4_096
 
 
 def carried_grids() -> list[tuple[str, int]]:
@@ -306,6 +319,9 @@ class AveragedModel(ContractModel):
     def __init__(self, inner: PET):
         super().__init__(inner.species, inner.cutoff, inner.cutoff * len(inner.layers))
         self.inner = inner
+        self.chunk_above_edges = CHUNK_ABOVE_EDGES
+        self.chunk_above_edges_cuda = CHUNK_ABOVE_EDGES_CUDA
+        self.chunk_edges = CHUNK_EDGES
 
     @torch.jit.export
     def accumulate(
@@ -325,6 +341,80 @@ class AveragedModel(ContractModel):
         rotation_batch: int,
     ) -> dict[str, Tensor]:
         """See :meth:`ContractModel.accumulate`.
+
+        Structures are independent: a call whose edges exceed ``edge_budget`` evaluates
+        them in groups within it (whole structures), so that a batched request, such as
+        the beads of a path-integral step, costs no more per edge than separate ones.
+        """
+        n_structures = cells.shape[0]
+        n_atoms = numbers.shape[0]
+        n_edges = centers.shape[0]
+        groups: list[tuple[int, int]] = []
+        if n_structures > 1 and n_edges > self.edge_budget:
+            per_structure = torch.bincount(structure[centers], minlength=n_structures)
+            first, count = 0, 0
+            for s in range(n_structures):
+                edges_s = int(per_structure[s])
+                if s > first and count + edges_s > self.edge_budget:
+                    groups.append((first, s))
+                    first, count = s, 0
+                count += edges_s
+            groups.append((first, n_structures))
+        if len(groups) <= 1:
+            return self._accumulate_graph(
+                numbers, positions, cells, structure, centers, neighbors, shifts, reverse,
+                selected, rotations, weights, compute_gradients, rotation_batch,
+            )  # fmt: skip
+
+        out: dict[str, Tensor] = {}
+        device = positions.device
+        for first, stop in groups:
+            in_group = (structure >= first) & (structure < stop)
+            atoms = torch.nonzero(in_group).squeeze(1)
+            edges = torch.nonzero(in_group[centers]).squeeze(1)
+            new_atom = torch.full((n_atoms,), -1, dtype=torch.long, device=device)
+            new_atom[atoms] = torch.arange(atoms.shape[0], device=device)
+            new_edge = torch.full((n_edges,), -1, dtype=torch.long, device=device)
+            new_edge[edges] = torch.arange(edges.shape[0], device=device)
+            part = self._accumulate_graph(
+                numbers[atoms], positions[atoms], cells[first:stop], structure[atoms] - first,
+                new_atom[centers[edges]], new_atom[neighbors[edges]], shifts[edges],
+                new_edge[reverse[edges]], selected[atoms], rotations, weights,
+                compute_gradients, rotation_batch,
+            )  # fmt: skip
+            for key, value in part.items():
+                if key == "weights":
+                    out[key] = value
+                    continue
+                if key in ("energy_per_rotation", "virial"):
+                    rows, size = torch.arange(first, stop, device=device), n_structures
+                elif key == "edge_gradients":
+                    rows, size = edges, n_edges
+                else:  # per atom
+                    rows, size = atoms, n_atoms
+                if key not in out:
+                    shape = [size] + list(value.shape[1:])
+                    out[key] = torch.zeros(shape, dtype=value.dtype, device=device)
+                out[key] = out[key].index_copy(0, rows, value)
+        return out
+
+    def _accumulate_graph(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        cells: Tensor,
+        structure: Tensor,
+        centers: Tensor,
+        neighbors: Tensor,
+        shifts: Tensor,
+        reverse: Tensor,
+        selected: Tensor,
+        rotations: Tensor,
+        weights: Tensor,
+        compute_gradients: bool,
+        rotation_batch: int,
+    ) -> dict[str, Tensor]:
+        """:meth:`accumulate` of one graph, all its structures in each model call.
 
         Only the transformer is evaluated K times, on K rotated copies of the edges in
         batches of ``rotation_batch`` copies (0: as many as keep the rotated edges within
@@ -346,6 +436,7 @@ class AveragedModel(ContractModel):
         rotations = rotations.to(device=device, dtype=dtype)  # drawn on the CPU
         weights = weights.to(device=device)
         weights_c = weights.to(dtype)
+        chunk_above = self.chunk_above_edges_cuda if base.is_cuda else self.chunk_above_edges
         if rotation_batch <= 0:  # automatic: the rotated edges of a call within the budget
             rotation_batch = max(1, self.edge_budget // max(n_edges, 1))
         chunk = min(rotation_batch, n_rot)
@@ -379,26 +470,39 @@ class AveragedModel(ContractModel):
             w = weights_c[start:stop]
             k = stop - start
             rotated = torch.einsum("kab,eb->kea", rot, base).contiguous()
-            if compute_gradients:
-                rotated.requires_grad_(True)
             offsets_atoms = (torch.arange(k, device=device) * n_atoms)[:, None]
             offsets_edges = (torch.arange(k, device=device) * n_edges)[:, None]
-            eps = model.learned_energies(
-                species.repeat(k),
-                (centers[None, :] + offsets_atoms).reshape(-1),
-                (neighbors[None, :] + offsets_atoms).reshape(-1),
-                rotated.reshape(k * n_edges, 3),
-                (reverse[None, :] + offsets_edges).reshape(-1),
-            ).view(k, n_atoms)
+            k_species = species.repeat(k)
+            k_centers = (centers[None, :] + offsets_atoms).reshape(-1)
+            k_neighbors = (neighbors[None, :] + offsets_atoms).reshape(-1)
+            k_reverse = (reverse[None, :] + offsets_edges).reshape(-1)
+            g = torch.zeros(k, n_edges, 3, dtype=dtype, device=device)
+            if compute_gradients and k * n_edges > chunk_above:
+                # large graphs: in chunks of atoms, each chunk's forward recomputed in the
+                # backward pass (PET.learned_energies_and_gradients)
+                eps_flat, g_flat = model.learned_energies_and_gradients(
+                    k_species, k_centers, k_neighbors, rotated.reshape(k * n_edges, 3),
+                    k_reverse, (w[:, None] * counted[None, :]).reshape(-1), self.chunk_edges,
+                )  # fmt: skip
+                eps = eps_flat.view(k, n_atoms)
+                g = g_flat.view(k, n_edges, 3)
+            else:
+                if compute_gradients:
+                    rotated.requires_grad_(True)
+                eps = model.learned_energies(
+                    k_species, k_centers, k_neighbors, rotated.reshape(k * n_edges, 3), k_reverse
+                ).view(k, n_atoms)
+                if compute_gradients:
+                    # the energies of the selected atoms only, each rotation weighted by w_k
+                    total = (w[:, None] * counted[None, :] * eps).sum()
+                    g_all = torch.autograd.grad([total], [rotated])[0]
+                    assert g_all is not None
+                    g = g_all
             e_k = torch.zeros(k, n_structures + 1, dtype=dtype, device=device)
-            e_k = e_k.index_add(1, bucket, eps)[:, :n_structures]
-            # detached: keeping the graph-carrying e_k would keep every chunk's graph alive
-            energy_rot[:, start:stop] = e_k.detach().t().to(f64)
+            e_k = e_k.index_add(1, bucket, eps.detach())[:, :n_structures]
+            energy_rot[:, start:stop] = e_k.t().to(f64)
             atomic = atomic + (w[:, None] * eps).sum(0).detach().to(f64)
             if compute_gradients:
-                total = (w[:, None] * e_k).sum()
-                g = torch.autograd.grad([total], [rotated])[0]
-                assert g is not None
                 g_back = torch.einsum("kab,kea->keb", rot, g)  # R_kᵀ ∂E_k/∂(R_k r), × w_k
                 grad = grad + g_back.sum(0)
                 f_k = torch.zeros(k, n_atoms, 3, dtype=dtype, device=device)

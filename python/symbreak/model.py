@@ -189,6 +189,45 @@ class MessagePassingLayer(nn.Module):
             nn.init.zeros_(head.fc2.weight)
             nn.init.zeros_(head.fc2.bias)
 
+    def forward(
+        self,
+        species: Tensor,
+        edges: dict[str, Tensor],
+        tokens: dict[str, Tensor],
+        node: Tensor,
+        reverse_message: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """This layer over A atoms and their (sorted) edges: new node
+        states [A, d], edge messages [E, d] and the layer's atomic energies [A] (before
+        ``energy_scale``), from the previous layer's node states [A, d] and the messages
+        of the reverse edges [E, d] (both unused by the first layer)."""
+        parts = [self.geometry(edges["geometry"]), self.neighbor_species(edges["species"])]
+        if not self.first:
+            parts.append(reverse_message)
+        edge_tokens = self.mix(torch.cat(parts, dim=1))
+        central = self.central_species(species)
+        if not self.first:
+            central = central + self.node_in(node)
+        n_atoms = species.shape[0]
+        # Packed tokens: the central token of each atom, then its edges (sorted).
+        x = torch.cat([central, edge_tokens], dim=0)
+        for block in self.blocks:
+            x = block(x, tokens["log_weight"], tokens["slots"])
+        x = self.norm_out(x)
+        node = x[:n_atoms]
+        message = x[n_atoms:]
+        head = self.head_edge(message)
+        if self.spline_readout:
+            # Coefficients padded by three zeros each side, as in PairPrior.
+            coef = torch.nn.functional.pad(head, (3, 3))
+            e_edge = (coef.gather(1, edges["spline_columns"]) * edges["spline_values"]).sum(1)
+        else:
+            e_edge = head.squeeze(1) * edges["fc"]
+        # in the dtype of the edge vectors, also where autocast ran the heads in bfloat16
+        dtype = edges["geometry"].dtype
+        energy = self.head_central(node).squeeze(1).to(dtype)
+        return node, message, energy.index_add(0, edges["centers"], e_edge.to(dtype))
+
 
 class PET(nn.Module):
     """Point-edge transformer. See the module docstring for the architecture.
@@ -292,70 +331,193 @@ class PET(nn.Module):
         """The transformer's atomic energies [N] (eV, dtype of ``vectors``): the part of
         :meth:`atomic_energies` that reads raw Cartesian vectors (arguments as there)."""
         n_atoms = species.shape[0]
-        n_edges = centers.shape[0]
-        dtype = vectors.dtype
         # No contact shorter than the data's: the wall of the pair prior is not undone here.
         vectors = self.short_range.vectors(species, centers, neighbors, vectors)
-        # Group edges by centre atom into a padded [N, M] layout (slot = rank within centre).
+        order, centers_sorted, counts, slot, reverse_sorted = self._sorted_edges(
+            centers, reverse, n_atoms
+        )
+        edges = self._edges(vectors[order], species[neighbors[order]], centers_sorted, slot)
+        tokens = self._tokens(edges, counts)
+        energy = torch.zeros(n_atoms, dtype=vectors.dtype, device=vectors.device)
+        node = torch.zeros(n_atoms, self.d_model, dtype=vectors.dtype, device=vectors.device)
+        message = torch.zeros(
+            centers.shape[0], self.d_model, dtype=vectors.dtype, device=vectors.device
+        )
+        for layer in self.layers:
+            node, message, e = layer(species, edges, tokens, node, message[reverse_sorted])
+            energy = energy + e
+        return self.energy_scale.to(vectors.dtype) * energy
+
+    @torch.jit.export
+    def learned_energies_and_gradients(
+        self,
+        species: Tensor,
+        centers: Tensor,
+        neighbors: Tensor,
+        vectors: Tensor,
+        reverse: Tensor,
+        energy_weights: Tensor,
+        chunk_edges: int,
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`learned_energies` [N] and the gradient [E, 3] of Σ_i w_i ε_i with respect
+        to ``vectors`` (``energy_weights`` w [N]), in memory that does not grow with the
+        activations: atoms are taken in chunks of about ``chunk_edges`` edges; the forward
+        pass keeps only each layer's node and edge states (L (N + E) d numbers) and the
+        backward pass recomputes one chunk of one layer at a time. Each chunk's working set
+        then stays in the cache, at the price of a second forward pass of all layers but
+        the last."""
+        n_atoms = species.shape[0]
+        n_edges = centers.shape[0]
+        dtype = vectors.dtype
+        device = vectors.device
+        leaf = vectors.detach().requires_grad_(True)
+        floored = self.short_range.vectors(species, centers, neighbors, leaf)
+        order, centers_sorted, counts, slot, reverse_sorted = self._sorted_edges(
+            centers, reverse, n_atoms
+        )
+        sorted_vectors = floored[order].detach()
+        nbr_species = species[neighbors[order]]
+        first_edge = torch.cumsum(counts, 0) - counts
+        # chunk boundaries: whole atoms, about chunk_edges edges each
+        per_chunk = max(1, (max(chunk_edges, 1) * n_atoms) // max(n_edges, 1))
+        bounds: list[tuple[int, int, int, int]] = []
+        for a0 in range(0, n_atoms, per_chunk):
+            a1 = min(a0 + per_chunk, n_atoms)
+            e0 = int(first_edge[a0])
+            e1 = int(first_edge[a1]) if a1 < n_atoms else n_edges
+            bounds.append((a0, a1, e0, e1))
+
+        # forward: keep the inputs of every layer, no graph
+        layer_nodes: list[Tensor] = []
+        layer_messages: list[Tensor] = []
+        energy = torch.zeros(n_atoms, dtype=dtype, device=device)
+        node = torch.zeros(n_atoms, self.d_model, dtype=dtype, device=device)
+        message = torch.zeros(n_edges, self.d_model, dtype=dtype, device=device)
+        n_layers = len(self.layers)
+        with torch.no_grad():
+            for index, layer in enumerate(self.layers):
+                layer_nodes.append(node)
+                layer_messages.append(message)
+                if index < n_layers - 1:  # the last layer runs once, with its gradient, below
+                    next_node = torch.empty_like(node)
+                    next_message = torch.empty_like(message)
+                    for a0, a1, e0, e1 in bounds:
+                        edges = self._edges(
+                            sorted_vectors[e0:e1],
+                            nbr_species[e0:e1],
+                            centers_sorted[e0:e1] - a0,
+                            slot[e0:e1],
+                        )
+                        n_c, m_c, e_c = layer(
+                            species[a0:a1],
+                            edges,
+                            self._tokens(edges, counts[a0:a1]),
+                            node[a0:a1],
+                            message[reverse_sorted[e0:e1]],
+                        )
+                        next_node[a0:a1] = n_c
+                        next_message[e0:e1] = m_c
+                        energy[a0:a1] += e_c
+                    node, message = next_node, next_message
+
+        # backward, layer by layer from the last, each chunk's forward recomputed
+        scale = self.energy_scale.to(dtype)
+        seed = energy_weights.to(dtype) * scale
+        grad_vectors = torch.zeros(n_edges, 3, dtype=dtype, device=device)
+        grad_node = torch.zeros(n_atoms, self.d_model, dtype=dtype, device=device)
+        grad_message = torch.zeros(n_edges, self.d_model, dtype=dtype, device=device)
+        for index in range(n_layers - 1, -1, -1):
+            node = layer_nodes[index]
+            message = layer_messages[index]
+            grad_node_in = torch.zeros_like(grad_node)
+            grad_message_in = torch.zeros_like(grad_message)
+            for k, mp_layer in enumerate(self.layers):
+                if k == index:
+                    for a0, a1, e0, e1 in bounds:
+                        v_c = sorted_vectors[e0:e1].clone().requires_grad_(True)
+                        node_c = node[a0:a1].clone().requires_grad_(not mp_layer.first)
+                        rev_c = message[reverse_sorted[e0:e1]].requires_grad_(not mp_layer.first)
+                        edges = self._edges(
+                            v_c, nbr_species[e0:e1], centers_sorted[e0:e1] - a0, slot[e0:e1]
+                        )
+                        n_out, m_out, e_out = mp_layer(
+                            species[a0:a1], edges, self._tokens(edges, counts[a0:a1]),
+                            node_c, rev_c,
+                        )  # fmt: skip
+                        inputs = [v_c] if mp_layer.first else [v_c, node_c, rev_c]
+                        seeds: list[Tensor | None] = [
+                            grad_node[a0:a1], grad_message[e0:e1], seed[a0:a1]
+                        ]  # fmt: skip
+                        grads = torch.autograd.grad([n_out, m_out, e_out], inputs, seeds)
+                        if index == n_layers - 1:
+                            energy[a0:a1] += e_out.detach()
+                        g_v = grads[0]
+                        assert g_v is not None
+                        grad_vectors[e0:e1] += g_v
+                        if not mp_layer.first:
+                            g_node, g_rev = grads[1], grads[2]
+                            assert g_node is not None and g_rev is not None
+                            grad_node_in[a0:a1] = g_node
+                            grad_message_in.index_add_(0, reverse_sorted[e0:e1], g_rev)
+            grad_node, grad_message = grad_node_in, grad_message_in
+        grad_floored = torch.zeros_like(grad_vectors).index_copy(0, order, grad_vectors)
+        floor_seed: list[Tensor | None] = [grad_floored]
+        grad = torch.autograd.grad([floored], [leaf], floor_seed)[0]
+        assert grad is not None
+        return scale * energy, grad
+
+    def _sorted_edges(
+        self, centers: Tensor, reverse: Tensor, n_atoms: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Edges grouped by centre atom: ``order`` [E] (sorted position -> edge), sorted
+        centres [E], neighbour counts [N], each edge's rank within its centre [E], and the
+        reverse edge of each sorted edge in sorted numbering [E]."""
+        n_edges = centers.shape[0]
         centers_sorted, order = torch.sort(centers, stable=True)
         counts = torch.bincount(centers, minlength=n_atoms)
-        max_neighbors = int(counts.max()) if n_edges > 0 else 0
         first_edge = torch.cumsum(counts, 0) - counts
         slot = torch.arange(n_edges, device=centers.device) - first_edge[centers_sorted]
         rank = torch.empty_like(order)
         rank[order] = torch.arange(n_edges, device=centers.device)
-        flat = centers_sorted * (max_neighbors + 1) + slot + 1  # +1: slot 0 is central token
-        n_tokens = max_neighbors + 1
+        return order, centers_sorted, counts, slot, rank[reverse[order]]
 
+    def _edges(
+        self, vectors: Tensor, nbr_species: Tensor, centers: Tensor, slot: Tensor
+    ) -> dict[str, Tensor]:
+        """What the layers read of each (sorted) edge, from its vector [E, 3] (Å): geometry
+        input, log of the cutoff function, the edge readout's four B-splines, and the
+        centre (0-based among the atoms evaluated) and rank of the edge."""
         r = torch.linalg.vector_norm(vectors, dim=1)
         log_fc = log_switch(r, self.cutoff, self.cutoff_width)
-        geom_in = torch.cat([vectors / self.cutoff, self.radial_basis(r)], dim=1)[order]
-        log_fc_sorted = log_fc[order]
-        fc_sorted = torch.exp(log_fc_sorted)
-        token_log_weight = torch.full(
-            (n_atoms * n_tokens,), float("-inf"), dtype=dtype, device=vectors.device
+        spline_interval, spline_values = self.pair.local_basis(r)
+        return {
+            "geometry": torch.cat([vectors / self.cutoff, self.radial_basis(r)], dim=1),
+            "species": nbr_species,
+            "log_fc": log_fc,
+            "fc": torch.exp(log_fc),
+            "spline_columns": spline_interval[:, None] + torch.arange(4, device=vectors.device),
+            "spline_values": spline_values,
+            "centers": centers,
+            "slot": slot,
+        }
+
+    def _tokens(self, edges: dict[str, Tensor], counts: Tensor) -> dict[str, Tensor]:
+        """The padded [A, T] attention layout of A atoms with ``counts`` [A] edges each:
+        T = 1 + max count, the central token of atom a at a T, then its edges; the log
+        attention weight of each slot (log f_c, 0 for the central token, -inf for
+        padding) and the slot of each packed token (atoms, then edges)."""
+        n_atoms = counts.shape[0]
+        n_tokens = (int(counts.max()) if edges["slot"].shape[0] > 0 else 0) + 1
+        log_fc = edges["log_fc"]
+        flat = edges["centers"] * n_tokens + edges["slot"] + 1  # +1: slot 0 is central
+        log_weight = torch.full(
+            (n_atoms * n_tokens,), float("-inf"), dtype=log_fc.dtype, device=log_fc.device
         )
-        token_log_weight[flat] = log_fc_sorted
-        token_log_weight = token_log_weight.view(n_atoms, n_tokens)
-        token_log_weight[:, 0] = 0.0
-        nbr_species = species[neighbors[order]]
-        reverse_sorted = rank[reverse[order]]  # reverse edge, in sorted numbering
-        # Token slots: central token of atom a at a * n_tokens, then its edges.
-        slots = torch.cat([torch.arange(n_atoms, device=vectors.device) * n_tokens, flat])
-
-        # Edge readout basis: the pair spline's four local B-splines of each (sorted) edge.
-        r_sorted = r[order]
-        spline_interval, spline_values = self.pair.local_basis(r_sorted)
-        spline_columns = spline_interval[:, None] + torch.arange(4, device=vectors.device)
-
-        energy = torch.zeros(n_atoms, dtype=dtype, device=vectors.device)
-        node = torch.zeros(n_atoms, self.d_model, dtype=dtype, device=vectors.device)
-        message = torch.zeros(n_edges, self.d_model, dtype=dtype, device=vectors.device)
-        for layer in self.layers:
-            parts = [layer.geometry(geom_in), layer.neighbor_species(nbr_species)]
-            if not layer.first:
-                parts.append(message[reverse_sorted])
-            edge_tokens = layer.mix(torch.cat(parts, dim=1))
-            central = layer.central_species(species)
-            if not layer.first:
-                central = central + layer.node_in(node)
-            # Packed tokens: the central token of each atom, then its edges (sorted).
-            tokens = torch.cat([central, edge_tokens], dim=0)
-            for block in layer.blocks:
-                tokens = block(tokens, token_log_weight, slots)
-            tokens = layer.norm_out(tokens)
-            node = tokens[:n_atoms]
-            message = tokens[n_atoms:]
-            head = layer.head_edge(message)
-            if layer.spline_readout:
-                # Coefficients padded by three zeros each side, as in PairPrior.
-                coef = torch.nn.functional.pad(head, (3, 3))
-                e_edge = (coef.gather(1, spline_columns) * spline_values).sum(1)
-            else:
-                e_edge = head.squeeze(1) * fc_sorted
-            energy = energy + layer.head_central(node).squeeze(1)
-            energy = energy.index_add(0, centers_sorted, e_edge)
-        return self.energy_scale.to(dtype) * energy
+        log_weight[flat] = log_fc
+        log_weight = log_weight.view(n_atoms, n_tokens)
+        log_weight[:, 0] = 0.0
+        slots = torch.cat([torch.arange(n_atoms, device=log_fc.device) * n_tokens, flat])
+        return {"log_weight": log_weight, "slots": slots}
 
 
 def count_parameters(model: nn.Module) -> int:
