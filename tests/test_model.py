@@ -243,6 +243,33 @@ def test_chunked_gradients_equal_the_whole_graph_in_the_scripted_file(policy):
     assert float(whole["forces"].abs().max()) > 0.1
 
 
+def test_layers_in_chunks_of_atoms_equal_the_whole_graph():
+    """``layer_chunk_edges`` runs each layer over chunks of atoms: energies, forces and the
+    training's second derivatives (a parameter gradient of a force loss) equal the
+    whole-graph evaluation, float64, eager and scripted."""
+    model, cfg = tiny_pet(seed=6)
+    model = model.double()
+    atoms = small_water(8, seed=3, triclinic=True)
+    g = build_graph(atoms.numbers, atoms.positions, atoms.cell.array, True, cfg.cutoff, cfg.species)
+    args = [torch.from_numpy(a) for a in (g.species, g.centers, g.neighbors)]
+    reverse = torch.from_numpy(g.reverse)
+
+    def evaluate(pet, chunk_edges):
+        pet.layer_chunk_edges = chunk_edges
+        vectors = torch.from_numpy(g.vectors).requires_grad_(True)
+        energy = pet.learned_energies(*args, vectors, reverse)
+        (grad,) = torch.autograd.grad(energy.sum(), vectors, create_graph=True)
+        (second,) = torch.autograd.grad((grad**2).sum(), [pet.layers[0].geometry.fc1.weight])
+        return energy.detach(), grad.detach(), second
+
+    whole = evaluate(model, 0)
+    for pet in (model, torch.jit.script(model)):
+        for chunk_edges in (40, 1):
+            for a, b in zip(evaluate(pet, chunk_edges), whole, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+    assert len(g.centers) > 4 * 40 and float(whole[1].abs().max()) > 0.1
+
+
 @pytest.mark.parametrize("policy", ["none", "lebedev:3", "random+seed=2"])
 def test_batched_structures_in_groups_equal_one_graph(policy):
     """Beyond ``edge_budget`` edges, the structures of a batched call are evaluated in

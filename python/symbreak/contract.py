@@ -52,15 +52,13 @@ MIN_DISTANCE = 1e-4
 EDGE_BUDGET = 8_192
 #: A model call with more edges than this takes its gradient in chunks of atoms of about
 #: :data:`CHUNK_EDGES` edges, each chunk's forward recomputed in the backward pass
-#: (:meth:`symbreak.model.PET.learned_energies_and_gradients`). The whole-graph backward
-#: keeps ≈ 30 kB of activations per edge, in tensors large enough that glibc maps fresh
-#: pages for each of them at every call: at 12288 atoms of water (177k edges, 1 thread)
-#: it took 31 s, 62 s of it system time over 5.4 GB, against 7–8 s and 1.4 GB in chunks.
-#: Below ≈ 100k edges the whole graph is faster (5184 atoms: 2.8 s against 3.0 s), as
-#: recomputing costs a forward pass of all layers but the last.
-CHUNK_ABOVE_EDGES = 100_000
-#: On a GPU there are no page faults to avoid (torch caches device memory), only memory:
-#: ≈ 40 kB per edge, so the whole graph up to ≈ 40 GB (not measured on a GPU yet).
+#: (:meth:`symbreak.model.PET.learned_energies_and_gradients`), so that memory no longer
+#: grows with the activations (≈ 30 kB per edge) but with the layer states (≈ 1 kB per
+#: edge): 98304 atoms of water (1.4M edges) in 7.1 GB. It costs a forward pass of all
+#: layers but the last (12288 atoms, 1 thread: 559 µs per atom in 1.6 GB, against 466 µs
+#: in 5.2 GB keeping the activations).
+CHUNK_ABOVE_EDGES = 400_000
+#: On a GPU, memory alone decides: up to ≈ 30 GB of activations (not measured on a GPU).
 CHUNK_ABOVE_EDGES_CUDA = 1_000_000
 CHUNK_EDGES = 4_096
 
