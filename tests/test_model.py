@@ -244,11 +244,13 @@ def test_chunked_gradients_equal_the_whole_graph_in_the_scripted_file(policy):
 
 
 def test_layers_in_chunks_of_atoms_equal_the_whole_graph():
-    """``layer_chunk_edges`` runs each layer over chunks of atoms: energies, forces and the
-    training's second derivatives (a parameter gradient of a force loss) equal the
-    whole-graph evaluation, float64, eager and scripted."""
+    """``layer_chunk_edges`` runs each layer, and the pair and three-body priors, over
+    chunks of atoms: energies, forces and the training's second derivatives (a parameter
+    gradient of a force loss) equal the whole-graph evaluation, float64, eager and
+    scripted."""
     model, cfg = tiny_pet(seed=6)
     model = model.double()
+    assert model.use_pair and model.use_three_body
     atoms = small_water(8, seed=3, triclinic=True)
     g = build_graph(atoms.numbers, atoms.positions, atoms.cell.array, True, cfg.cutoff, cfg.species)
     args = [torch.from_numpy(a) for a in (g.species, g.centers, g.neighbors)]
@@ -257,7 +259,7 @@ def test_layers_in_chunks_of_atoms_equal_the_whole_graph():
     def evaluate(pet, chunk_edges):
         pet.layer_chunk_edges = chunk_edges
         vectors = torch.from_numpy(g.vectors).requires_grad_(True)
-        energy = pet.learned_energies(*args, vectors, reverse)
+        energy = pet.atomic_energies(*args, vectors, reverse)
         (grad,) = torch.autograd.grad(energy.sum(), vectors, create_graph=True)
         (second,) = torch.autograd.grad((grad**2).sum(), [pet.layers[0].geometry.fc1.weight])
         return energy.detach(), grad.detach(), second

@@ -319,6 +319,28 @@ class PET(nn.Module):
         """Atomic energies [N] (eV, dtype of ``vectors``) of the invariant priors: ½ φ(r_ij)
         per edge (full edge list: each pair twice, half to each atom) and the three-body
         term; zeros if the model has neither."""
+        n_edges = centers.shape[0]
+        if self.layer_chunk_edges <= 0 or n_edges <= self.layer_chunk_edges:
+            return self._prior_energies(species, centers, neighbors, vectors)
+        # Both terms are sums over the edges of each centre: exact in chunks of centres,
+        # and every tensor small (the three-body pairs grow as edges × neighbours).
+        centers_sorted, order = torch.sort(centers, stable=True)
+        counts = torch.bincount(centers, minlength=species.shape[0])
+        sizes = [e1 - e0 for a0, a1, e0, e1 in self._chunks(counts, self.layer_chunk_edges)]
+        vectors_c = torch.split(vectors[order], sizes)
+        centers_c = torch.split(centers_sorted, sizes)
+        neighbors_c = torch.split(neighbors[order], sizes)
+        energy = torch.zeros(species.shape[0], dtype=vectors.dtype, device=vectors.device)
+        for c in range(len(sizes)):
+            energy = energy + self._prior_energies(
+                species, centers_c[c], neighbors_c[c], vectors_c[c]
+            )
+        return energy
+
+    def _prior_energies(
+        self, species: Tensor, centers: Tensor, neighbors: Tensor, vectors: Tensor
+    ) -> Tensor:
+        """:meth:`prior_energies` of the centres of the edges given (all their edges)."""
         energy = torch.zeros(species.shape[0], dtype=vectors.dtype, device=vectors.device)
         if self.use_pair:
             r = torch.linalg.vector_norm(vectors, dim=1)
@@ -363,26 +385,35 @@ class PET(nn.Module):
                 energy = energy + e
             return self.energy_scale.to(vectors.dtype) * energy
         # Each layer in chunks of atoms: every tensor stays small (served from the
-        # allocator's free lists, cache-sized), the autograd graph is the same.
+        # allocator's free lists, cache-sized), the autograd graph is the same. Pieces
+        # come from torch.split, whose backward is one concatenation (a slice's or a
+        # gather's backward would write a zero-filled tensor of the whole graph per chunk).
+        atom_sizes = [a1 - a0 for a0, a1, e0, e1 in bounds]
+        edge_sizes = [e1 - e0 for a0, a1, e0, e1 in bounds]
         chunk_edges: list[dict[str, Tensor]] = []
         chunk_tokens: list[dict[str, Tensor]] = []
-        for a0, a1, e0, e1 in bounds:
+        species_c = torch.split(species, atom_sizes)
+        vectors_c = torch.split(sorted_vectors, edge_sizes)
+        nbr_species_c = torch.split(nbr_species, edge_sizes)
+        slot_c = torch.split(slot, edge_sizes)
+        centers_c = torch.split(centers_sorted, edge_sizes)
+        counts_c = torch.split(counts, atom_sizes)
+        for c in range(len(bounds)):
             edges = self._edges(
-                sorted_vectors[e0:e1], nbr_species[e0:e1], centers_sorted[e0:e1] - a0,
-                slot[e0:e1],
-            )  # fmt: skip
+                vectors_c[c], nbr_species_c[c], centers_c[c] - bounds[c][0], slot_c[c]
+            )
             chunk_edges.append(edges)
-            chunk_tokens.append(self._tokens(edges, counts[a0:a1]))
+            chunk_tokens.append(self._tokens(edges, counts_c[c]))
         for layer in self.layers:
+            node_c = torch.split(node, atom_sizes)
+            reverse_c = torch.split(message[reverse_sorted], edge_sizes)
             nodes: list[Tensor] = []
             messages: list[Tensor] = []
             energies: list[Tensor] = []
             for c in range(len(bounds)):
-                a0, a1, e0, e1 = bounds[c]
                 n_c, m_c, e_c = layer(
-                    species[a0:a1], chunk_edges[c], chunk_tokens[c], node[a0:a1],
-                    message[reverse_sorted[e0:e1]],
-                )  # fmt: skip
+                    species_c[c], chunk_edges[c], chunk_tokens[c], node_c[c], reverse_c[c]
+                )
                 nodes.append(n_c)
                 messages.append(m_c)
                 energies.append(e_c)
