@@ -52,11 +52,9 @@ MIN_DISTANCE = 1e-4
 EDGE_BUDGET = 8_192
 #: A model call with more edges than this takes its gradient in chunks of atoms of about
 #: :data:`CHUNK_EDGES` edges, each chunk's forward recomputed in the backward pass
-#: (:meth:`symbreak.model.PET.learned_energies_and_gradients`), so that memory no longer
-#: grows with the activations (≈ 30 kB per edge) but with the layer states (≈ 1 kB per
-#: edge): 98304 atoms of water (1.4M edges) in 7.1 GB. It costs a forward pass of all
-#: layers but the last (12288 atoms, 1 thread: 559 µs per atom in 1.6 GB, against 466 µs
-#: in 5.2 GB keeping the activations).
+#: (:meth:`symbreak.model.PET.learned_energies_and_gradients`), so that memory grows with
+#: the layer states (≈ 1 kB per edge), not with the activations (≈ 30 kB per edge): 98304
+#: atoms of water (1.4M edges) in 6.8 GB. Recomputing costs ≈ 20 % more time.
 CHUNK_ABOVE_EDGES = 400_000
 #: On a GPU, memory alone decides: up to ≈ 30 GB of activations (not measured on a GPU).
 CHUNK_ABOVE_EDGES_CUDA = 1_000_000

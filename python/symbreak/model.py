@@ -50,12 +50,11 @@ from .pair import PairPrior, n_basis
 from .short_range import ShortRangeFloor
 from .threebody import ThreeBodyPrior
 
-#: Edges per chunk of atoms in each layer of PET.learned_energies. Small tensors are
-#: served from the allocator's free lists and stay near the cache; one [E, 3d] tensor per
-#: operation over the whole graph is mapped afresh by glibc at every call once it exceeds
-#: 32 MiB. Water, 1 thread, µs per atom for energy + forces (whole graph -> chunks of 4096
-#: edges): 192 atoms 476 -> 469, 1536 atoms 660 -> 565, 5184 atoms 512 -> 458, 12288 atoms
-#: 2000 -> 466 (benchmarks/model.py).
+#: Edges per chunk of atoms in each layer of PET.learned_energies and in the priors.
+#: Small tensors are served from the allocator's free lists and stay near the cache; a
+#: tensor over the whole graph is mapped afresh by glibc at every call once it exceeds
+#: 32 MiB. Water, 1 thread, energy + forces: 12288 atoms took 1980 µs per atom over the
+#: whole graph and 420–520 in chunks, as 192 atoms take (benchmarks/model.py).
 LAYER_CHUNK_EDGES = 4_096
 
 # Buffers whose zeros mean "off", absent from files made before them: a file without them
