@@ -617,19 +617,23 @@ def test_client_killed_midrun_and_replaced(tmp_path, model, system, sock_prefix)
     it); a new ``symbreak serve`` on the same address (reclaiming the dead client's
     control socket) takes over the interrupted request and the run ends normally.
 
-    The first client averages over 36 rotations, so that it is almost surely killed
-    while computing: had it left i-PI's GETFORCE unread in the socket, the kernel would
-    reset the connection and ipi 3.3.1's polling thread would die on the
-    ConnectionResetError, hanging the run for good.
+    The first client is killed while it computes: just after i-PI has written a step
+    (and sent the next positions), in a step that averages over 150 rotations. Killed
+    while replying, with i-PI's next message unread in its socket, the kernel would reset
+    the connection and ipi 3.3.1's polling thread would die on the ConnectionResetError,
+    hanging the run for good (an i-PI limitation; once in CI, killed 36 rotations in).
     """
     frames = tmp_path / "sim.xc_0"
-    first = serve_cmd(model, "r", sock_prefix, "--average", "legendre:2", "--inversion")
+    first = serve_cmd(model, "r", sock_prefix, "--average", "legendre:3", "--inversion")
     with (
         # i-PI's hard limit must outlast both waits below (a loaded CI core is slow)
         run_ipi(_ipi_long_run(sock_prefix, "r"), tmp_path, timeout=200) as ipi,
         processes(tmp_path, {"first": first}) as cl,
     ):
-        wait_for(lambda: count_frames(frames) > 5, 60, "a few MD steps")
+        wait_for(lambda: count_frames(frames) > 3, 60, "a few MD steps")
+        written = count_frames(frames)
+        wait_for(lambda: count_frames(frames) > written, 60, "the next MD step", interval=0.005)
+        time.sleep(0.02)  # the next request is out: the client is computing
         hard_kill(cl["first"])
         stalled = count_frames(frames)
         time.sleep(1.5)
