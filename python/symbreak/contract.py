@@ -391,7 +391,7 @@ class AveragedModel(ContractModel):
                 if key not in out:
                     shape = [size] + list(value.shape[1:])
                     out[key] = torch.zeros(shape, dtype=value.dtype, device=device)
-                out[key] = out[key].index_copy(0, rows, value)
+                out[key].index_copy_(0, rows, value)
         return out
 
     def _accumulate_graph(
@@ -472,7 +472,7 @@ class AveragedModel(ContractModel):
             k_centers = (centers[None, :] + offsets_atoms).reshape(-1)
             k_neighbors = (neighbors[None, :] + offsets_atoms).reshape(-1)
             k_reverse = (reverse[None, :] + offsets_edges).reshape(-1)
-            g = torch.zeros(k, n_edges, 3, dtype=dtype, device=device)
+            g = torch.empty(0, dtype=dtype, device=device)  # set when compute_gradients
             if compute_gradients and k * n_edges > chunk_above:
                 # large graphs: in chunks of atoms, each chunk's forward recomputed in the
                 # backward pass (PET.learned_energies_and_gradients)

@@ -252,7 +252,9 @@ class PET(nn.Module):
             edges = self._edges(sorted_vectors, nbr_species, centers_sorted, slot)
             tokens = self._tokens(edges, counts)
             for layer in self.layers:
-                node, message, e = layer(species, edges, tokens, node, message[reverse_sorted])
+                # the first layer reads no messages: it gets the zeros ungathered
+                reverse_message = message if layer.first else message[reverse_sorted]
+                node, message, e = layer(species, edges, tokens, node, reverse_message)
                 energy = energy + e
             return self.energy_scale.to(vectors.dtype) * energy
         # Each layer in chunks of atoms: every tensor stays small (served from the
@@ -277,7 +279,8 @@ class PET(nn.Module):
             chunk_tokens.append(self._tokens(edges, counts_c[c]))
         for layer in self.layers:
             node_c = torch.split(node, atom_sizes)
-            reverse_c = torch.split(message[reverse_sorted], edge_sizes)
+            # the first layer reads no messages: it gets the node pieces, unused
+            reverse_c = node_c if layer.first else torch.split(message[reverse_sorted], edge_sizes)
             nodes: list[Tensor] = []
             messages: list[Tensor] = []
             energies: list[Tensor] = []
@@ -366,7 +369,7 @@ class PET(nn.Module):
                             edges,
                             self._tokens(edges, counts[a0:a1]),
                             node[a0:a1],
-                            message[reverse_sorted[e0:e1]],
+                            node[a0:a1] if layer.first else message[reverse_sorted[e0:e1]],
                         )
                         next_node[a0:a1] = n_c
                         next_message[e0:e1] = m_c
@@ -384,12 +387,13 @@ class PET(nn.Module):
             message = layer_messages[index]
             grad_node_in = torch.zeros_like(grad_node)
             grad_message_in = torch.zeros_like(grad_message)
-            for k, mp_layer in enumerate(self.layers):
+            for k, mp_layer in enumerate(self.layers):  # TorchScript: no ModuleList[index]
                 if k == index:
                     for a0, a1, e0, e1 in bounds:
                         v_c = sorted_vectors[e0:e1].clone().requires_grad_(True)
                         node_c = node[a0:a1].clone().requires_grad_(not mp_layer.first)
-                        rev_c = message[reverse_sorted[e0:e1]].requires_grad_(not mp_layer.first)
+                        rev_c = node_c if mp_layer.first else message[reverse_sorted[e0:e1]]
+                        rev_c.requires_grad_(not mp_layer.first)
                         edges = self._edges(
                             v_c, nbr_species[e0:e1], centers_sorted[e0:e1] - a0, slot[e0:e1]
                         )
