@@ -234,6 +234,17 @@ class PET(nn.Module):
     ) -> Tensor:
         """The transformer's atomic energies [N] (eV, dtype of ``vectors``): the part of
         :meth:`atomic_energies` that reads raw Cartesian vectors (arguments as there)."""
+        energy, _, _ = self.learned_energies_and_messages(
+            species, centers, neighbors, vectors, reverse
+        )
+        return energy
+
+    def learned_energies_and_messages(
+        self, species: Tensor, centers: Tensor, neighbors: Tensor, vectors: Tensor, reverse: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`learned_energies` [N], the last layer's edge messages [E, d_model] and the
+        order [E] they come in (message k belongs to edge ``order[k]``): what a direct force
+        head (:mod:`symbreak.direct_forces`, training only) reads."""
         n_atoms = species.shape[0]
         # No contact shorter than the data's: the wall of the pair prior is not undone here.
         vectors = self.short_range.vectors(species, centers, neighbors, vectors)
@@ -256,7 +267,7 @@ class PET(nn.Module):
                 reverse_message = message if layer.first else message[reverse_sorted]
                 node, message, e = layer(species, edges, tokens, node, reverse_message)
                 energy = energy + e
-            return self.energy_scale.to(vectors.dtype) * energy
+            return self.energy_scale.to(vectors.dtype) * energy, message, order
         # Each layer in chunks of atoms: every tensor stays small (served from the
         # allocator's free lists, cache-sized), the autograd graph is the same. Pieces
         # come from torch.split, whose backward is one concatenation (a slice's or a
@@ -293,7 +304,7 @@ class PET(nn.Module):
                 energies.append(e_c)
             node, message = torch.cat(nodes), torch.cat(messages)
             energy = energy + torch.cat(energies)
-        return self.energy_scale.to(vectors.dtype) * energy
+        return self.energy_scale.to(vectors.dtype) * energy, message, order
 
     def _chunks(self, counts: Tensor, chunk_edges: int) -> list[tuple[int, int, int, int]]:
         """Consecutive atoms (sorted edges) in chunks of about ``chunk_edges`` edges:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .direct_forces import DirectForceHead, predict_direct
 from .gas_phase import cut_molecules, dimer_graphs, distorted_graphs, learned_force_msq
 from .graph import Graph, build_graph
 from .model import OPTIONAL_BUFFERS, PET, PETConfig, atom_forces, count_parameters
@@ -233,13 +234,19 @@ def predict(model: PET, batch: Batch, create_graph: bool) -> tuple[torch.Tensor,
     return energy, atom_forces(grad, batch.centers, batch.neighbors, batch.species.shape[0])
 
 
-def evaluate(model: PET, samples: list[Sample], batch_size: int = 4) -> dict[str, float]:
-    """Energy MAE/RMSE (meV/atom) and force MAE/RMSE (meV/Å) on unrotated samples."""
+def evaluate(
+    model: PET, samples: list[Sample], batch_size: int = 4, head: DirectForceHead | None = None
+) -> dict[str, float]:
+    """Energy MAE/RMSE (meV/atom) and force MAE/RMSE (meV/Å) on unrotated samples; with a
+    direct force ``head``, of its forces."""
     e_err, f_err = [], []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         batch = collate(chunk, None)
-        energy, forces = predict(model, batch, create_graph=False)
+        if head is None:
+            energy, forces = predict(model, batch, create_graph=False)
+        else:
+            energy, forces = predict_direct(model, head, batch)
         e_err.append(((energy.detach().double() - batch.energy) / batch.n_atoms).numpy())
         f_err.append((forces.detach() - batch.forces).double().numpy().ravel())
     e = np.concatenate(e_err) * 1e3
@@ -313,6 +320,15 @@ class Trainer:
         self.ema = copy.deepcopy(self.model)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # The direct force head has its own optimiser: a checkpoint made with or without
+        # it resumes either way.
+        self.direct_head: DirectForceHead | None = None
+        self.direct_optimizer: torch.optim.Optimizer | None = None
+        if cfg.direct_forces:
+            self.direct_head = DirectForceHead(self.model_cfg.d_model)
+            self.direct_optimizer = torch.optim.AdamW(
+                self.direct_head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+            )
         self.epoch = 0
         self.step = 0
         self.loss_mean: float | None = None  # running mean of the loss, for the spike guard
@@ -366,7 +382,10 @@ class Trainer:
             rot = random_rotations(rng, len(chunk)) if cfg.augment else None
             batch = collate(chunk, rot)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
-                energy, forces = predict(self.model, batch, create_graph=True)
+                if self.direct_head is None:
+                    energy, forces = predict(self.model, batch, create_graph=True)
+                else:
+                    energy, forces = predict_direct(self.model, self.direct_head, batch)
                 gas = self._gas_force_msq(rng) if cfg.gas_weight > 0 else torch.zeros(())
             forces = forces.float()  # the losses in float32 either way
             force_mse = ((forces - batch.forces) ** 2).mean()
@@ -380,9 +399,11 @@ class Trainer:
                 force_loss = force_mse
             data_loss = force_loss + w_energy * energy_mse
             loss = data_loss + cfg.gas_weight * gas.float()
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.learning_rate(self.step)
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizers = [o for o in (self.optimizer, self.direct_optimizer) if o is not None]
+            for optimizer in optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = self.learning_rate(self.step)
+                optimizer.zero_grad(set_to_none=True)
             value, f_mse, e_mse = loss.item(), force_mse.item(), energy_mse.item()
             # The guard watches the data loss only: the gas term of a run resumed with it
             # starts large by design (the learned part's untrained gas-phase forces).
@@ -392,8 +413,10 @@ class Trainer:
                 self.skipped += 1  # one huge gradient step can wreck a run: skip it, log it
             else:
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
-                self.optimizer.step()
+                params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, 10.0)
+                for optimizer in optimizers:
+                    optimizer.step()
                 self._update_ema()
                 self.loss_mean = data_value if mean is None else 0.98 * mean + 0.02 * data_value
             self.step += 1
@@ -472,6 +495,9 @@ class Trainer:
             "loss_mean": self.loss_mean,
             "skipped": self.skipped,
         }
+        if self.direct_head is not None and self.direct_optimizer is not None:
+            state["direct_head"] = self.direct_head.state_dict()
+            state["direct_optimizer"] = self.direct_optimizer.state_dict()
         tmp = self.checkpoint_path().with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.checkpoint_path())  # atomic: an interrupted save keeps the old one
@@ -515,6 +541,9 @@ class Trainer:
                     f"configuration: missing {missing}, unexpected {unexpected}"
                 )
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.direct_head is not None and "direct_head" in state:
+            self.direct_head.load_state_dict(state["direct_head"])
+            self.direct_optimizer.load_state_dict(state["direct_optimizer"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = state["history"]
         self.schedule_start = tuple(state.get("schedule_start", (0, 0)))
@@ -576,6 +605,9 @@ class Trainer:
             t_epoch = time.monotonic()
             record = self.run_epoch()
             record.update({f"val_{k}": v for k, v in evaluate(self.ema, self.val).items()})
+            if self.direct_head is not None:
+                direct = evaluate(self.model, self.val, head=self.direct_head)
+                record["val_direct_force_mae_meV_A"] = direct["force_mae_meV_A"]
             record.update(epoch=self.epoch, step=self.step, seconds=time.monotonic() - t_epoch)
             record["lr"] = self.learning_rate(self.step)
             self.history.append(record)
@@ -587,6 +619,11 @@ class Trainer:
                 f"val F mae {record['val_force_mae_meV_A']:6.1f} meV/Å  "
                 f"val E mae {record['val_energy_mae_meV_atom']:6.2f} meV/atom  "
                 f"lr {record['lr']:.1e}  {record['seconds']:.0f}s"
+                + (
+                    f"  val direct F mae {record['val_direct_force_mae_meV_A']:.1f} meV/Å"
+                    if self.direct_head is not None
+                    else ""
+                )
                 + (
                     f"  gas learned F rms {1e3 * record['gas_force_msq'] ** 0.5:.0f} meV/Å"
                     if cfg.gas_weight > 0

@@ -82,6 +82,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "AVX-512 BF16 or AMX; metrics and the exported model stay float32)",
     )
     p.add_argument(
+        "--direct-forces",
+        action="store_true",
+        help="train with a direct force head read from the last edge messages (cheaper "
+        "steps; training only): resume without it for conservative fine-tuning",
+    )
+    p.add_argument(
         "--model-config", default="{}", help="JSON PETConfig overrides, e.g. '{\"d_model\": 64}'"
     )
     p.add_argument("--resume", action="store_true", help="continue from workdir/checkpoint.pt")

@@ -49,6 +49,10 @@ class TrainConfig:
     # float32. Measured on Zen 4 (AVX-512 BF16): steps 1.38x faster on 1 thread, but epochs
     # slower on 2 threads (34-41 s against 31-32 s): time it before a long run.
     autocast: str = "none"
+    # Train with a direct force head (symbreak.direct_forces): no second-order backward
+    # pass per step; continue without it (--resume) for conservative fine-tuning. The
+    # exported model is always conservative.
+    direct_forces: bool = False
     threads: int = 0  # 0: torch's default
     new_schedule: bool = False  # on resume: a fresh warmup + cosine from here to `epochs`
     max_minutes: float = 0.0  # stop (after a checkpoint) when exceeded; 0: no limit
