@@ -274,7 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         help="peers: at most this many rotated atoms per model call (memory guard: measured "
         "~0.43 MB per atom for the small metatrain PET, 11.8 GB for 18 x 1536 atoms)",
     )
-    parser.add_argument("--case-timeout", type=float, default=1800, help="seconds per case")
+    parser.add_argument(
+        "--case-timeout",
+        type=float,
+        default=3600,
+        help="seconds per case (512 H2O x 70 in i-PI: ~2000)",
+    )
     parser.add_argument("--quick", action="store_true", help="64 H2O, lebedev:3, 1 repeat")
     parser.add_argument("--keep", type=Path, help="keep i-PI's run folders here")
     parser.add_argument("--json", help="also write the rows to this file")
