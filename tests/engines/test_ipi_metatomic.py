@@ -4,12 +4,11 @@
   metatrain PET of the repository (float32), averaged over ``lebedev:3`` from the input's
   ``<parameters>``;
 - 8-bead path-integral MD (``ipi_inputs/pimd_water64``, all beads in one request) with the
-  raw-vector test model (float64), plain at first and switched to ``lebedev:3+inv`` at a
-  step while it runs (``--switch-at``).
+  raw-vector test model (float64), averaged over ``lebedev:3+inv``.
 
 The reference for i-PI's step-0 potential (every bead at the input's structure) is
-metatomic-ase's ``MetatomicCalculator``, plain or averaged directly over the grid's
-rotations here. Each run is bounded in time and leaves no process or socket behind
+metatomic-ase's ``MetatomicCalculator``, averaged directly over the grid's rotations
+here. Each run is bounded in time and leaves no process or socket behind
 (``assert_clean``).
 """
 
@@ -105,33 +104,32 @@ def test_example_input_runs_the_metatrain_pet_averaged(tmp_path):
     assert potential[0] == pytest.approx(reference, rel=1e-7)
 
 
-def test_pimd_with_a_metatomic_model_switched_to_averaging(tmp_path):
-    """8-bead PIMD with the float64 raw-vector metatomic model, 6 steps, switched from
-    plain to lebedev:3+inv by the launcher once i-PI reports step 2 (the switch reaches
-    the client a step or two later): the step-0 potential (all beads at the input's
-    structure) is MetatomicCalculator's to 5e-9 relative (i-PI prints 9 digits), the beads
-    go to the model in one request, and the diagnostics follow the switch: plain (1
-    rotation) up to a step >= 2, then lebedev:3+inv (36 rotations) to the end."""
+def test_pimd_with_a_metatomic_model_averaged(tmp_path):
+    """8-bead PIMD with the float64 raw-vector metatomic model averaged over lebedev:3+inv
+    (the input's <parameters>), 3 steps: the step-0 potential (all beads at the input's
+    structure) is the direct average of MetatomicCalculator over the same 36 rotations to
+    5e-9 relative (i-PI prints 9 digits; plain differs), the beads go to the model in one
+    request, and every step reports 36 rotations. (Live switching goes through the same
+    control channel for every model: tests/engines/test_control.py, test_launcher.py.)"""
     model = save_model(tmp_path / "raw.pt", species=(1, 8), dtype=torch.float64)
     folder = tmp_path / "pimd"
     shutil.copytree(INPUTS / "pimd_water64", folder)
     xml = (folder / "input.xml").read_text()
-    (folder / "input.xml").write_text(re.sub(r"stride='(10|40)'", "stride='1'", xml))
-    proc, run_dir = start_run(
-        tmp_path, folder / "input.xml", model, "--steps", "6", "--switch-at", "2=lebedev:3+inv"
-    )
+    xml = re.sub(r"stride='(10|40)'", "stride='1'", xml)
+    xml = xml.replace("{average: none}", "{average: lebedev:3, inversion: true}")
+    (folder / "input.xml").write_text(xml)
+    proc, run_dir = start_run(tmp_path, folder / "input.xml", model, "--steps", "3")
     rc, out = finished(proc, timeout=240)
     assert rc == exit_codes.OK, out[-4000:]
     assert_clean(run_dir, out)
     log = (run_dir / "client_symbreak_0.log").read_text()
     assert "batch size 8" in log
     potential = read_properties(run_dir / "sim.out")["potential{electronvolt}"]
-    reference = metatomic_energy(model, as_ipi_reads(folder / "water_64h2o.xyz"))
-    print(f"i-PI {potential[0]:.10f} eV, MetatomicCalculator {reference:.10f}")
+    atoms = as_ipi_reads(folder / "water_64h2o.xyz")
+    rotations, weights = grid("lebedev:3", inversion=True)
+    reference = metatomic_energy(model, atoms, rotations, weights)
+    plain = metatomic_energy(model, atoms)
+    print(f"i-PI {potential[0]:.10f} eV, averaged {reference:.10f}, plain {plain:.10f}")
+    assert abs(plain - reference) > 1e-6 * abs(reference)  # averaging is what is tested
     assert potential[0] == pytest.approx(reference, rel=5e-9)
-    diag = diagnostics(run_dir)
-    assert sorted(diag) == list(range(7)), diag
-    first = min(s for s in diag if diag[s] != ("none", 1))
-    assert first >= 2, diag
-    assert all(diag[s] == ("none", 1) for s in range(first)), diag
-    assert all(diag[s] == ("lebedev:3+inv", 36) for s in range(first, 7)), diag
+    assert diagnostics(run_dir) == {s: ("lebedev:3+inv", 36) for s in range(4)}
