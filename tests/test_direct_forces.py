@@ -9,7 +9,7 @@ import torch
 from test_training import TINY, config, tiny_data  # noqa: F401 (the fixture)
 
 from helpers import water_frame
-from symbreak.direct_forces import DirectForceHead, predict_direct
+from symbreak.direct_forces import DirectForceHead
 from symbreak.graph import build_graph
 from symbreak.model import PET, PETConfig
 from symbreak.training import Trainer, collate, evaluate, predict
@@ -53,13 +53,13 @@ def test_a_fresh_head_gives_the_conservative_forces_of_a_fresh_model(tiny_data, 
     trainer = Trainer(config(tiny_data, tmp_path), progress=False)
     batch = collate(trainer.train[:2], None)
     head = DirectForceHead(trainer.model_cfg.d_model)
-    energy, forces = predict_direct(trainer.model, head, batch)
+    energy, forces = predict(trainer.model, batch, create_graph=False, head=head)
     energy_ref, forces_ref = predict(trainer.model, batch, create_graph=False)
     torch.testing.assert_close(energy, energy_ref, rtol=1e-12, atol=1e-9)
     torch.testing.assert_close(forces, forces_ref, rtol=1e-5, atol=1e-5)
     assert forces.abs().max() > 0.1  # the prior's forces are not trivially zero
     torch.nn.init.normal_(head.mlp.fc2.weight, std=0.1)
-    _, moved = predict_direct(trainer.model, head, batch)
+    _, moved = predict(trainer.model, batch, create_graph=False, head=head)
     assert (moved - forces).abs().max() > 1e-3
 
 

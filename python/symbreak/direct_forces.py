@@ -15,16 +15,11 @@ takes forces as −∇E of the exported model.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor, nn
 
 from .layers import MLP
 from .model import PET, atom_forces
-
-if TYPE_CHECKING:
-    from .training import Batch
 
 
 class DirectForceHead(nn.Module):
@@ -65,17 +60,3 @@ class DirectForceHead(nn.Module):
         edge_forces = model.energy_scale.to(vectors.dtype) * (out[:, :1] * unit + out[:, 1:])
         forces = forces.index_add(0, centers[order], edge_forces)
         return learned + prior, forces
-
-
-def predict_direct(model: PET, head: DirectForceHead, batch: Batch) -> tuple[Tensor, Tensor]:
-    """Energies [B] (eV, float64, baseline included) and forces [N, 3] (eV/Å) of a training
-    batch with the direct head: the counterpart of :func:`symbreak.training.predict`."""
-    eps, forces = head(
-        model, batch.species, batch.centers, batch.neighbors, batch.vectors, batch.reverse
-    )
-    n_struct = batch.n_atoms.shape[0]
-    interaction = torch.zeros(n_struct, dtype=eps.dtype).index_add(0, batch.structure, eps)
-    baseline = torch.zeros(n_struct, dtype=torch.float64).index_add(
-        0, batch.structure, model.baseline_energies(batch.species)
-    )
-    return interaction.double() + baseline, forces

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .direct_forces import DirectForceHead, predict_direct
+from .direct_forces import DirectForceHead
 from .gas_phase import cut_molecules, dimer_graphs, distorted_graphs, learned_force_msq
 from .graph import Graph, build_graph
 from .model import OPTIONAL_BUFFERS, PET, PETConfig, atom_forces, count_parameters
@@ -218,20 +218,29 @@ def collate(samples: list[Sample], rotations: np.ndarray | None, dtype=torch.flo
     )
 
 
-def predict(model: PET, batch: Batch, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Energies [B] (eV) and forces [N, 3] (eV/Å), differentiable if ``create_graph``."""
-    vectors = batch.vectors.detach().requires_grad_(True)
-    eps = model.atomic_energies(
-        batch.species, batch.centers, batch.neighbors, vectors, batch.reverse
-    )
+def predict(
+    model: PET, batch: Batch, create_graph: bool, head: DirectForceHead | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Energies [B] (eV) and forces [N, 3] (eV/Å), differentiable if ``create_graph``;
+    with a direct force ``head`` (training only), its forces instead of −∇E."""
+    if head is None:
+        vectors = batch.vectors.detach().requires_grad_(True)
+        eps = model.atomic_energies(
+            batch.species, batch.centers, batch.neighbors, vectors, batch.reverse
+        )
+    else:
+        eps, forces = head(
+            model, batch.species, batch.centers, batch.neighbors, batch.vectors, batch.reverse
+        )
     n_struct = batch.n_atoms.shape[0]
     interaction = torch.zeros(n_struct, dtype=eps.dtype).index_add(0, batch.structure, eps)
-    (grad,) = torch.autograd.grad(interaction.sum(), vectors, create_graph=create_graph)
+    if head is None:
+        (grad,) = torch.autograd.grad(interaction.sum(), vectors, create_graph=create_graph)
+        forces = atom_forces(grad, batch.centers, batch.neighbors, batch.species.shape[0])
     baseline = torch.zeros(n_struct, dtype=torch.float64).index_add(
         0, batch.structure, model.baseline_energies(batch.species)
     )
-    energy = interaction.double() + baseline
-    return energy, atom_forces(grad, batch.centers, batch.neighbors, batch.species.shape[0])
+    return interaction.double() + baseline, forces
 
 
 def evaluate(
@@ -243,10 +252,7 @@ def evaluate(
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         batch = collate(chunk, None)
-        if head is None:
-            energy, forces = predict(model, batch, create_graph=False)
-        else:
-            energy, forces = predict_direct(model, head, batch)
+        energy, forces = predict(model, batch, create_graph=False, head=head)
         e_err.append(((energy.detach().double() - batch.energy) / batch.n_atoms).numpy())
         f_err.append((forces.detach() - batch.forces).double().numpy().ravel())
     e = np.concatenate(e_err) * 1e3
@@ -382,10 +388,7 @@ class Trainer:
             rot = random_rotations(rng, len(chunk)) if cfg.augment else None
             batch = collate(chunk, rot)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
-                if self.direct_head is None:
-                    energy, forces = predict(self.model, batch, create_graph=True)
-                else:
-                    energy, forces = predict_direct(self.model, self.direct_head, batch)
+                energy, forces = predict(self.model, batch, True, head=self.direct_head)
                 gas = self._gas_force_msq(rng) if cfg.gas_weight > 0 else torch.zeros(())
             forces = forces.float()  # the losses in float32 either way
             force_mse = ((forces - batch.forces) ** 2).mean()
