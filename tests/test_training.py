@@ -91,7 +91,7 @@ def test_resume_continues_exactly(tiny_data, tmp_path, gas_weight):
     first = Trainer(config(tiny_data, tmp_path / "b", **kw, max_minutes=1e-9), progress=False)
     first.fit()  # stops after one epoch, with a checkpoint
     assert first.epoch == 1
-    resumed = Trainer(config(tiny_data, tmp_path / "b", **kw), progress=False)
+    resumed = Trainer(config(tiny_data, tmp_path / "b", **kw), progress=False, resuming=True)
     resumed.load_checkpoint()
     resumed.fit()
     for a, b in zip(

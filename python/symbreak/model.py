@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import MessagePassingLayer, log_switch
-from .pair import PairPrior
+from .pair import PairPrior, local_cubic_basis, locate, n_basis
 from .short_range import ShortRangeFloor
 from .threebody import ThreeBodyPrior
 
@@ -70,6 +70,10 @@ class PETConfig:
     species: list[int] = field(default_factory=lambda: [1, 8])  # atomic numbers
     cutoff: float = 3.5  # 4.0 in the study; 3.5 halves the cost of training here
     cutoff_width: float = 0.3  # smooth switching over [cutoff - width, cutoff]
+    # The transformer's own cutoff (Å, at most `cutoff`; 0: `cutoff`). It reads only the
+    # edges shorter than this, the invariant priors read all of them: the priors get the
+    # study's 4.0 Å with a transformer trained at 3.5 Å (its weights unchanged).
+    learned_cutoff: float = 0.0
     d_model: int = 64
     n_heads: int = 4
     d_ff: int = 128
@@ -101,6 +105,17 @@ class PETConfig:
         return asdict(self)
 
 
+def learned_cutoff(cfg: PETConfig) -> float:
+    """The transformer's cutoff (Å) of ``cfg``; ValueError if it is outside (width, cutoff]."""
+    value = float(cfg.learned_cutoff) if cfg.learned_cutoff > 0 else float(cfg.cutoff)
+    if not cfg.cutoff_width < value <= cfg.cutoff:
+        raise ValueError(
+            f"learned_cutoff {value} Å must lie in (cutoff_width, cutoff] = "
+            f"({cfg.cutoff_width}, {cfg.cutoff}] Å"
+        )
+    return value
+
+
 def atom_forces(edge_grad: Tensor, centers: Tensor, neighbors: Tensor, n_atoms: int) -> Tensor:
     """Forces [N, 3] on atoms from dE/dr_ij [E, 3] of edge vectors r_ij = x_j - x_i (+ shift):
     +dE/dr_ij on the centre i, -dE/dr_ij on the neighbour j."""
@@ -120,6 +135,9 @@ class PET(nn.Module):
         super().__init__()
         self.cutoff = float(cfg.cutoff)
         self.cutoff_width = float(cfg.cutoff_width)
+        self.learned_cutoff = learned_cutoff(cfg)
+        # the edge readout's spline grid: the pair prior's, up to the learned cutoff
+        self.learned_spline_n = n_basis(cfg.pair_r_min, self.learned_cutoff, cfg.pair_spacing)
         self.n_radial = int(cfg.n_radial)
         self.d_model = int(cfg.d_model)
         self.species = list(cfg.species)
@@ -157,8 +175,9 @@ class PET(nn.Module):
     # -- core: atomic energies from edges ----------------------------------------------
 
     def radial_basis(self, r: Tensor) -> Tensor:
-        """Bessel-like radial functions sin(nπ r/r_c)/(r/r_c), [E, n_radial]."""
-        x = (r / self.cutoff)[:, None]
+        """Bessel-like radial functions sin(nπ r/r_c)/(r/r_c), [E, n_radial], r_c the
+        learned cutoff."""
+        x = (r / self.learned_cutoff)[:, None]
         return torch.sin(self.radial_freq.to(r.dtype) * x) / x
 
     @torch.jit.export
@@ -246,6 +265,9 @@ class PET(nn.Module):
         order [E] they come in (message k belongs to edge ``order[k]``): what a direct force
         head (:mod:`symbreak.direct_forces`, training only) reads."""
         n_atoms = species.shape[0]
+        kept, centers, neighbors, vectors, reverse = self._learned_edges(
+            centers, neighbors, vectors, reverse
+        )
         # No contact shorter than the data's: the wall of the pair prior is not undone here.
         vectors = self.short_range.vectors(species, centers, neighbors, vectors)
         order, centers_sorted, counts, slot, reverse_sorted = self._sorted_edges(
@@ -267,7 +289,7 @@ class PET(nn.Module):
                 reverse_message = message if layer.first else message[reverse_sorted]
                 node, message, e = layer(species, edges, tokens, node, reverse_message)
                 energy = energy + e
-            return self.energy_scale.to(vectors.dtype) * energy, message, order
+            return self.energy_scale.to(vectors.dtype) * energy, message, kept[order]
         # Each layer in chunks of atoms: every tensor stays small (served from the
         # allocator's free lists, cache-sized), the autograd graph is the same. Pieces
         # come from torch.split, whose backward is one concatenation (a slice's or a
@@ -304,7 +326,7 @@ class PET(nn.Module):
                 energies.append(e_c)
             node, message = torch.cat(nodes), torch.cat(messages)
             energy = energy + torch.cat(energies)
-        return self.energy_scale.to(vectors.dtype) * energy, message, order
+        return self.energy_scale.to(vectors.dtype) * energy, message, kept[order]
 
     def _chunks(self, counts: Tensor, chunk_edges: int) -> list[tuple[int, int, int, int]]:
         """Consecutive atoms (sorted edges) in chunks of about ``chunk_edges`` edges:
@@ -342,6 +364,10 @@ class PET(nn.Module):
         then stays in the cache, at the price of a second forward pass of all layers but
         the last."""
         n_atoms = species.shape[0]
+        n_all_edges = centers.shape[0]
+        kept, centers, neighbors, vectors, reverse = self._learned_edges(
+            centers, neighbors, vectors, reverse
+        )
         n_edges = centers.shape[0]
         dtype = vectors.dtype
         device = vectors.device
@@ -432,7 +458,31 @@ class PET(nn.Module):
         floor_seed: list[Tensor | None] = [grad_floored]
         grad = torch.autograd.grad([floored], [leaf], floor_seed)[0]
         assert grad is not None
+        if n_edges < n_all_edges:  # edges beyond the learned cutoff: no gradient
+            grad = torch.zeros(n_all_edges, 3, dtype=dtype, device=device).index_copy(0, kept, grad)
         return scale * energy, grad
+
+    def _learned_edges(
+        self, centers: Tensor, neighbors: Tensor, vectors: Tensor, reverse: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The edges the transformer reads (shorter than the learned cutoff): their indices
+        ``kept`` [E'] into the full list, their centres, neighbours, vectors and reverse
+        edges (numbered within the kept ones). All edges when the two cutoffs agree."""
+        n_edges = centers.shape[0]
+        if self.learned_cutoff >= self.cutoff:
+            return (
+                torch.arange(n_edges, device=centers.device),
+                centers,
+                neighbors,
+                vectors,
+                reverse,
+            )
+        r = torch.linalg.vector_norm(vectors.detach(), dim=1)
+        kept = torch.nonzero(r < self.learned_cutoff).squeeze(1)
+        # an edge and its reverse have the same length: both are kept or neither
+        renumber = torch.full((n_edges,), -1, dtype=torch.long, device=centers.device)
+        renumber[kept] = torch.arange(kept.shape[0], device=centers.device)
+        return kept, centers[kept], neighbors[kept], vectors[kept], renumber[reverse[kept]]
 
     def _sorted_edges(
         self, centers: Tensor, reverse: Tensor, n_atoms: int
@@ -456,10 +506,11 @@ class PET(nn.Module):
         input, log of the cutoff function, the edge readout's four B-splines, and the
         centre (0-based among the atoms evaluated) and rank of the edge."""
         r = torch.linalg.vector_norm(vectors, dim=1)
-        log_fc = log_switch(r, self.cutoff, self.cutoff_width)
-        spline_interval, spline_values = self.pair.local_basis(r)
+        log_fc = log_switch(r, self.learned_cutoff, self.cutoff_width)
+        spline_interval, s = locate(r, self.pair.r_min, self.pair.spacing, self.learned_spline_n)
+        spline_values = local_cubic_basis(s)[0]
         return {
-            "geometry": torch.cat([vectors / self.cutoff, self.radial_basis(r)], dim=1),
+            "geometry": torch.cat([vectors / self.learned_cutoff, self.radial_basis(r)], dim=1),
             "species": nbr_species,
             "log_fc": log_fc,
             "fc": torch.exp(log_fc),

@@ -269,7 +269,9 @@ def evaluate(
 class Trainer:
     """Owns the model, optimiser, EMA, data and history; checkpoints to ``workdir``."""
 
-    def __init__(self, cfg: TrainConfig, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, progress: bool = True, resuming: bool = False):
+        """``resuming``: a checkpoint will be loaded (:meth:`load_checkpoint`), which holds
+        the priors, baseline and scale: their least-squares fits are skipped here."""
         self.cfg = cfg
         self.progress = progress
         if cfg.threads:
@@ -298,7 +300,10 @@ class Trainer:
             [s.graph for s in self.train], len(species), cfg.pair_monotone_quantile
         )
         set_short_range(self.model, shortest)
-        if self.model.use_pair:
+        if resuming:
+            baseline = np.zeros(len(species))
+            self.pair_fit = {}
+        elif self.model.use_pair:
             # The prior takes the radial part; the PET's output scale is what remains.
             baseline, stats = fit_pair_prior(
                 self.model.pair,
@@ -315,7 +320,7 @@ class Trainer:
         self.model.baseline.copy_(torch.from_numpy(baseline))
         self.three_body_fit: dict = {}
         self.short_range_fit: dict = {}
-        if self.model.use_three_body:
+        if self.model.use_three_body and not resuming:
             # The readouts start at zero: the residual is that of baseline + pair prior.
             self.three_body_fit = fit_three_body_to_residual(self.model, self.train)
             force_rms = self.three_body_fit["force_rmse"]

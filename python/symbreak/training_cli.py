@@ -121,7 +121,7 @@ def _main(args: argparse.Namespace) -> int:
     from .training import Trainer  # torch: only once the options are known to be fine
 
     cfg = TrainConfig(**fields, augment=not args.no_augment, model=model)
-    trainer = Trainer(cfg, progress=not args.quiet)
+    trainer = Trainer(cfg, progress=not args.quiet, resuming=args.resume)
     if args.resume:
         trainer.load_checkpoint()
     trainer.fit()
