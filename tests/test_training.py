@@ -323,3 +323,34 @@ def test_resume_with_guard_short_range_refits_a_model_made_without(tiny_data, tm
         with torch.no_grad():
             phi = pet.pair.edge_energies(species, centers, neighbors, r)
         assert torch.all(phi.diff() < 0)
+
+
+def test_resume_at_a_longer_cutoff_keeps_the_transformer_and_refits_the_priors(tiny_data, tmp_path):
+    """A run resumed with the priors' cutoff raised (the transformer's kept by
+    ``learned_cutoff``) needs --guard-short-range, which refits the priors; the transformer
+    starts from the checkpoint's weights and gives the same learned energies."""
+    first = Trainer(config(tiny_data, tmp_path, epochs=1), progress=False)
+    first.fit()
+    longer = TINY | {"cutoff": 4.0, "learned_cutoff": 3.5}
+    refused = Trainer(config(tiny_data, tmp_path, epochs=2, model=longer), progress=False)
+    with pytest.raises(ValueError, match="add --guard-short-range to refit the priors"):
+        refused.load_checkpoint()
+    cfg = config(tiny_data, tmp_path, epochs=2, model=longer, guard_short_range=True)
+    resumed = Trainer(cfg, progress=False, resuming=True)
+    resumed.load_checkpoint()
+    assert resumed.model.pair.coefficients.shape[1] > first.model.pair.coefficients.shape[1]
+
+    def inputs(graph):
+        names = ("species", "centers", "neighbors", "vectors", "reverse")
+        tensors = [torch.from_numpy(getattr(graph, name)) for name in names]
+        tensors[3] = tensors[3].float()  # the vectors, in the model's dtype
+        return tensors
+
+    long, short = resumed.train[0].graph, first.train[0].graph  # 4.0 and 3.5 Å
+    assert len(long.centers) > len(short.centers)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            resumed.ema.learned_energies(*inputs(long)), first.ema.learned_energies(*inputs(short))
+        )
+    resumed.fit()
+    assert resumed.epoch == 2 and np.isfinite(resumed.history[-1]["val_force_mae_meV_A"])

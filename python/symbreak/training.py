@@ -536,11 +536,23 @@ class Trainer:
             for name in [k for k in entries if k.startswith("three_body.")]:
                 if name in own and entries[name].shape != own[name].shape:
                     del entries[name]
+            # Priors on another grid (e.g. a longer cutoff with the transformer's kept by
+            # "learned_cutoff"): refitted by the guards below, so not loaded.
+            pair = "pair.coefficients"
+            if pair in entries and entries[pair].shape != own[pair].shape:
+                if not self.cfg.guard_short_range:
+                    raise ValueError(
+                        f"checkpoint {path} has a pair prior of {entries[pair].shape[1]} "
+                        f"basis functions, this configuration {own[pair].shape[1]} (another "
+                        "cutoff): add --guard-short-range to refit the priors"
+                    )
+                del entries[pair]
             result = module.load_state_dict(entries, strict=False)
             missing = [
                 k
                 for k in result.missing_keys
-                if not k.startswith("three_body.") and k not in OPTIONAL_BUFFERS
+                if not k.startswith("three_body.")
+                and k not in (*OPTIONAL_BUFFERS, "pair.coefficients")
             ]
             unexpected = result.unexpected_keys
             if missing or unexpected:
