@@ -134,11 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         from symbreak.analysis.rdf import rdf
 
         result = rdf(np.array(rdf_positions), np.array(rdf_cells), traj.symbols, "OO")
-        g_oo = {k: float(v) for k, v in result.peaks().items()} | {
-            "frames": len(rdf_positions),
-            "r": result.r.round(4).tolist(),
-            "g": result.g.round(4).tolist(),
-        }
+        g_oo = result.summary()
     oh_lo, oh_hi, oo_lo = extremes["checked"]
     stable = oh_lo >= args.oh_min and oh_hi <= args.oh_max and oo_lo >= args.oo_min
     summary = {

@@ -148,11 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         from symbreak.analysis.rdf import rdf
 
         result = rdf(np.array(rdf_frames), atoms.cell.array, atoms.get_chemical_symbols(), "OO")
-        g_oo = {k: float(v) for k, v in result.peaks().items()} | {
-            "frames": len(rdf_frames),
-            "r": result.r.round(4).tolist(),
-            "g": result.g.round(4).tolist(),
-        }
+        g_oo = result.summary()
     summary = {
         "model": args.model,
         "start_frame": start_frame,

@@ -101,7 +101,7 @@ class MessagePassingLayer(nn.Module):
         if cfg.edge_readout not in ("spline", "cutoff"):
             raise ValueError(f"edge_readout must be 'spline' or 'cutoff', not {cfg.edge_readout!r}")
         # the spline grid of the pair prior, up to the transformer's cutoff
-        learned = cfg.learned_cutoff if cfg.learned_cutoff > 0 else cfg.cutoff
+        learned = cfg.transformer_cutoff()
         n_out = n_basis(cfg.pair_r_min, learned, cfg.pair_spacing) if self.spline_readout else 1
         self.head_edge = MLP(d, d, n_out)
         # Zero-initialised readouts: training starts from the baseline energy, with no

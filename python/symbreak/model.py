@@ -104,16 +104,16 @@ class PETConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-
-def learned_cutoff(cfg: PETConfig) -> float:
-    """The transformer's cutoff (Å) of ``cfg``; ValueError if it is outside (width, cutoff]."""
-    value = float(cfg.learned_cutoff) if cfg.learned_cutoff > 0 else float(cfg.cutoff)
-    if not cfg.cutoff_width < value <= cfg.cutoff:
-        raise ValueError(
-            f"learned_cutoff {value} Å must lie in (cutoff_width, cutoff] = "
-            f"({cfg.cutoff_width}, {cfg.cutoff}] Å"
-        )
-    return value
+    def transformer_cutoff(self) -> float:
+        """The cutoff (Å) the transformer reads: ``learned_cutoff``, or ``cutoff`` if 0;
+        ValueError if it is outside (cutoff_width, cutoff]."""
+        value = float(self.learned_cutoff) if self.learned_cutoff > 0 else float(self.cutoff)
+        if not self.cutoff_width < value <= self.cutoff:
+            raise ValueError(
+                f"learned_cutoff {value} Å must lie in (cutoff_width, cutoff] = "
+                f"({self.cutoff_width}, {self.cutoff}] Å"
+            )
+        return value
 
 
 def atom_forces(edge_grad: Tensor, centers: Tensor, neighbors: Tensor, n_atoms: int) -> Tensor:
@@ -135,7 +135,7 @@ class PET(nn.Module):
         super().__init__()
         self.cutoff = float(cfg.cutoff)
         self.cutoff_width = float(cfg.cutoff_width)
-        self.learned_cutoff = learned_cutoff(cfg)
+        self.learned_cutoff = cfg.transformer_cutoff()
         # the edge readout's spline grid: the pair prior's, up to the learned cutoff
         self.learned_spline_n = n_basis(cfg.pair_r_min, self.learned_cutoff, cfg.pair_spacing)
         self.n_radial = int(cfg.n_radial)

@@ -538,7 +538,7 @@ class Trainer:
                     del entries[name]
             # Priors on another grid (e.g. a longer cutoff with the transformer's kept by
             # "learned_cutoff"): refitted by the guards below, so not loaded.
-            pair = "pair.coefficients"
+            pair, refitted = "pair.coefficients", []
             if pair in entries and entries[pair].shape != own[pair].shape:
                 if not self.cfg.guard_short_range:
                     raise ValueError(
@@ -547,12 +547,12 @@ class Trainer:
                         "cutoff): add --guard-short-range to refit the priors"
                     )
                 del entries[pair]
+                refitted.append(pair)
             result = module.load_state_dict(entries, strict=False)
             missing = [
                 k
                 for k in result.missing_keys
-                if not k.startswith("three_body.")
-                and k not in (*OPTIONAL_BUFFERS, "pair.coefficients")
+                if not k.startswith("three_body.") and k not in (*OPTIONAL_BUFFERS, *refitted)
             ]
             unexpected = result.unexpected_keys
             if missing or unexpected:

@@ -158,6 +158,15 @@ class RDFResult:
             "coordination_at_first_min_err": self.coordination_err[kmin],
         }
 
+    def summary(self) -> dict:
+        """JSON-ready: the first peak and minimum (:meth:`peaks`), the number of frames
+        and the curve (r, g rounded to 1e-4), as the stability scripts record it."""
+        return {k: float(v) for k, v in self.peaks().items()} | {
+            "frames": self.n_frames,
+            "r": self.r.round(4).tolist(),
+            "g": self.g.round(4).tolist(),
+        }
+
     def to_dict(self) -> dict:
         return {
             "pair": self.pair,
