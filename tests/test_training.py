@@ -354,3 +354,32 @@ def test_resume_at_a_longer_cutoff_keeps_the_transformer_and_refits_the_priors(t
         )
     resumed.fit()
     assert resumed.epoch == 2 and np.isfinite(resumed.history[-1]["val_force_mae_meV_A"])
+
+
+def test_resume_with_a_longer_transformer_cutoff_grows_its_edge_readouts(tiny_data, tmp_path):
+    """A transformer resumed at a longer cutoff (a longer learned_cutoff) keeps every
+    weight (the priors and baseline are refitted); its spline edge readouts get the new
+    basis functions beyond the old cutoff, starting at zero, and a fresh optimiser (the
+    old moments have the old shapes). The other way round is refused by name."""
+    first = Trainer(config(tiny_data, tmp_path, epochs=1), progress=False)
+    first.fit()
+    longer = TINY | {"cutoff": 4.0}  # the transformer's cutoff too
+    cfg = config(tiny_data, tmp_path, epochs=2, model=longer, guard_short_range=True)
+    resumed = Trainer(cfg, progress=False, resuming=True)
+    resumed.load_checkpoint()
+    assert not resumed.optimizer.state  # fresh
+    for name, old in first.model.state_dict().items():
+        new = resumed.model.state_dict()[name]
+        if ".head_edge.fc2." in name:
+            assert new.shape[0] == old.shape[0] + 5  # 3.5 -> 4.0 Å, knots every 0.1 Å
+            assert torch.equal(new[: old.shape[0]], old)
+            assert not new[old.shape[0] :].any()
+        elif not name.startswith(("pair.", "three_body.", "short_range.", "baseline")):
+            assert torch.equal(new, old), name
+    resumed.fit()
+    assert resumed.epoch == 2 and np.isfinite(resumed.history[-1]["val_force_mae_meV_A"])
+
+    shorter = TINY | {"cutoff": 4.0, "learned_cutoff": 3.0}
+    back = Trainer(config(tiny_data, tmp_path, epochs=3, model=shorter), progress=False)
+    with pytest.raises(ValueError, match="reads a longer cutoff"):
+        back.load_checkpoint()

@@ -218,6 +218,30 @@ def collate(samples: list[Sample], rotations: np.ndarray | None, dtype=torch.flo
     )
 
 
+def _grow_edge_readouts(entries: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> bool:
+    """Pad in place the spline edge readouts of a checkpoint trained at a shorter
+    transformer cutoff (fewer spline basis functions: the knots start at the same
+    ``pair_r_min``, so the old ones keep their meaning) to this model's; the new basis
+    functions, beyond the old cutoff, start at zero. True if any was padded."""
+    grown = False
+    for name, value in list(entries.items()):
+        if ".head_edge.fc2." not in name or name not in own:
+            continue
+        target = own[name]
+        if value.shape == target.shape or value.shape[1:] != target.shape[1:]:
+            continue
+        if value.shape[0] > target.shape[0]:
+            raise ValueError(
+                f"{name}: the checkpoint's transformer reads a longer cutoff "
+                f"({value.shape[0]} spline functions, this model {target.shape[0]})"
+            )
+        padded = torch.zeros_like(target)
+        padded[: value.shape[0]] = value
+        entries[name] = padded
+        grown = True
+    return grown
+
+
 def predict(
     model: PET, batch: Batch, create_graph: bool, head: DirectForceHead | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -521,6 +545,7 @@ class Trainer:
                 f"checkpoint {path} holds more than tensors and plain containers, so it is "
                 f"not loaded (unpickling it could run code): {first}"
             ) from None
+        grown = False
         for module, key in ((self.model, "model"), (self.ema, "ema")):
             entries = dict(state[key])
             own = module.state_dict()
@@ -548,6 +573,7 @@ class Trainer:
                     )
                 del entries[pair]
                 refitted.append(pair)
+            grown |= _grow_edge_readouts(entries, own)
             result = module.load_state_dict(entries, strict=False)
             missing = [
                 k
@@ -560,7 +586,8 @@ class Trainer:
                     f"checkpoint {path} does not match the model "
                     f"configuration: missing {missing}, unexpected {unexpected}"
                 )
-        self.optimizer.load_state_dict(state["optimizer"])
+        if not grown:  # else a fresh optimiser: its moments have the old readouts' shapes
+            self.optimizer.load_state_dict(state["optimizer"])
         if self.direct_head is not None and "direct_head" in state:
             self.direct_head.load_state_dict(state["direct_head"])
             self.direct_optimizer.load_state_dict(state["direct_optimizer"])
