@@ -631,7 +631,7 @@ def liquid(ctx: Context, o: Outcome) -> None:
     s = ctx.settings
     d = ctx.folder / o.key
     o.notes += [
-        f"64 H2O (192 atoms, 12.8 Å box), SVR 300 K (τ 10 fs), "
+        f"64 H2O (192 atoms, 12.38 Å box, 1.008 g/cm³), SVR 300 K (τ 10 fs), "
         f"{s.liquid_steps * TIMESTEP_FS * 1e-3:g} ps per run; the study used 512 H2O, which "
         "costs 8× more per step: too expensive on 2 CPU cores",
         _mts_note(ctx),
