@@ -27,7 +27,7 @@ from ase.neighborlist import neighbor_list
 from symbreak import load_model
 from symbreak.analysis.molecules import find_waters
 from symbreak.ase import SymbreakCalculator
-from symbreak.training import read_labelled
+from symbreak.training_data import read_labelled
 
 CLASSES = ("intact", "ions", "H2", "all")
 

@@ -6,7 +6,7 @@ After a change that keeps the weights but changes the model's numbers (e.g. ``sy
 export --floor H-H=1.0``), the errors a file records (``training.metrics``, and
 ``MODEL.metrics.json`` beside it) describe the model before the change. This evaluates the
 file's PET on the train (first 32), val and test frames of the split it records, exactly
-as training's final measurement does (:func:`symbreak.training.evaluate`), checks the data's
+as training's final measurement does (:func:`symbreak.training_data.evaluate`), checks the data's
 fingerprint, and writes the file (default: in place) and its ``.metrics.json``.
 """
 
@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from symbreak.export import export_model, load_model, rebuild_pet
-from symbreak.training import evaluate, file_fingerprint, make_samples, read_labelled
+from symbreak.training_data import evaluate, file_fingerprint, make_samples, read_labelled
 
 
 def main() -> int:

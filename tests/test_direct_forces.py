@@ -12,7 +12,8 @@ from helpers import water_frame
 from symbreak.direct_forces import DirectForceHead
 from symbreak.graph import build_graph
 from symbreak.model import PET, PETConfig
-from symbreak.training import Trainer, collate, evaluate, predict
+from symbreak.training import Trainer
+from symbreak.training_data import collate, evaluate, predict
 
 
 def graph_tensors(model: PET, atoms):

@@ -16,7 +16,8 @@ from test_training import TINY, config, tiny_data  # noqa: F401  (fixture)
 from helpers import DATA
 from symbreak.gas_phase import cut_molecules, distorted_graphs, learned_force_msq
 from symbreak.model import PET, PETConfig
-from symbreak.training import Sample, Trainer, collate, make_samples, predict
+from symbreak.training import Trainer
+from symbreak.training_data import Sample, collate, make_samples, predict
 
 
 @pytest.fixture(scope="module")

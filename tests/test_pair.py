@@ -11,7 +11,7 @@ from scipy.interpolate import BSpline
 from helpers import small_water, tiny_pet
 from symbreak.graph import build_graph
 from symbreak.pair import PairPrior, fit_pair_prior, n_basis
-from symbreak.training import Sample
+from symbreak.training_data import Sample
 
 
 def scipy_spline(prior: PairPrior, coefficients: np.ndarray) -> BSpline:

@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 from helpers import DATA
 from symbreak.evaluator import Evaluator, Structure
 from symbreak.export import load_model
-from symbreak.training import file_fingerprint
+from symbreak.training_data import file_fingerprint
 
 DATA_FILE = DATA / "water_revpbe0d3_160.xyz"
 

@@ -11,9 +11,10 @@ from symbreak.evaluator import Evaluator
 from symbreak.export import load_model, rebuild_pet
 from symbreak.graph import build_graph
 from symbreak.pair import PairPrior, fit_pair_prior
+from symbreak.prior_fits import set_short_range
 from symbreak.scans import dimer
 from symbreak.short_range import ShortRangeFloor, short_range_bounds, soft_floor
-from symbreak.training import Sample, set_short_range
+from symbreak.training_data import Sample
 
 FLOOR = 0.8
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from helpers import DATA
-from symbreak.training import Trainer, evaluate
+from symbreak.training import Trainer
 from symbreak.training_config import TrainConfig
+from symbreak.training_data import evaluate
 
 # Without the three-body prior (as the default; its fit costs seconds per Trainer);
 # tested on its own below.
@@ -110,11 +111,11 @@ def test_export_reproduces_the_trained_model(tiny_data, tmp_path):
     ev = Evaluator(tmp_path / "model.pt")
     atoms = ase.io.read(tiny_data, 0)
     res = ev.compute(Structure.from_atoms(atoms))[0]
-    from symbreak.training import collate, predict
+    from symbreak.training_data import collate, predict
 
     sample = trainer.train[0] if trainer.split["train"][0] == 0 else None
     if sample is None:
-        from symbreak.training import make_samples
+        from symbreak.training_data import make_samples
 
         sample = make_samples([atoms], trainer.model_cfg.species, trainer.model_cfg.cutoff)[0]
     energy, forces = predict(trainer.ema, collate([sample], None), create_graph=False)
@@ -227,7 +228,7 @@ def test_resume_fits_three_body_to_a_trained_model(tiny_data, tmp_path):
     assert ev.model.metadata.config["three_body"] is True
     atoms = ase.io.read(tiny_data, 0)
     res = ev.compute(Structure.from_atoms(atoms))[0]
-    from symbreak.training import collate, make_samples, predict
+    from symbreak.training_data import collate, make_samples, predict
 
     sample = make_samples([atoms], trainer.model_cfg.species, trainer.model_cfg.cutoff)[0]
     energy, forces = predict(trainer.ema.double(), collate([sample], None, torch.float64), False)

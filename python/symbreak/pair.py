@@ -188,7 +188,7 @@ def fit_pair_prior(
 ) -> tuple[np.ndarray, dict]:
     """Least-squares fit of the spline coefficients and a per-species energy baseline to
     forces (eV/Å) and per-atom energies (eV/atom, weighted by ``energy_weight``) of
-    ``samples`` (training.Sample), or to ``targets`` (energy eV, forces [N, 3] eV/Å per
+    ``samples`` (training_data.Sample), or to ``targets`` (energy eV, forces [N, 3] eV/Å per
     sample, e.g. the residual of the rest of a model). Sets ``prior.coefficients``;
     returns the baseline [n_species] (eV/atom) and the fit's force RMSE/MAE (eV/Å).
 

@@ -7,17 +7,19 @@ regression, energy weight ramped up over the first part of training, Adam with w
 and cosine decay, an exponential moving average (EMA) of the weights that is what gets
 validated and exported. Checkpoints after every epoch; ``resume`` continues exactly (the
 randomness of epoch e is drawn from (seed, e)), so training can span several sittings.
+
+The data and batches are :mod:`symbreak.training_data`, the priors' least-squares fits
+:mod:`symbreak.prior_fits`; this module is the loop, its schedule and its checkpoints.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import pickle
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,196 +28,23 @@ from tqdm import tqdm
 
 from .direct_forces import DirectForceHead
 from .gas_phase import cut_molecules, dimer_graphs, distorted_graphs, learned_force_msq
-from .graph import Graph, build_graph
-from .model import OPTIONAL_BUFFERS, PET, PETConfig, atom_forces, count_parameters
+from .model import OPTIONAL_BUFFERS, PET, PETConfig, count_parameters
 from .pair import fit_pair_prior
+from .prior_fits import fit_three_body_to_residual, guard_short_range, set_short_range
 from .rotations import random_rotations
 from .short_range import short_range_bounds
-from .threebody import fit_three_body
 from .training_config import TrainConfig
-
-
-@dataclass
-class Sample:
-    graph: Graph
-    energy: float  # eV
-    forces: np.ndarray  # [N, 3] eV/Å
-
-
-def file_fingerprint(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def read_labelled(path: str | Path) -> list:
-    """Frames with energies and forces; ValueError naming the file and frame otherwise."""
-    import ase.io
-
-    frames = ase.io.read(str(path), ":")
-    for k, atoms in enumerate(frames):
-        try:
-            atoms.get_potential_energy()
-            atoms.get_forces()
-        except Exception as err:
-            raise ValueError(f"{path}: frame {k} has no energy and forces: {err}") from err
-    return frames
-
-
-def make_samples(frames: list, species: list[int], cutoff: float) -> list[Sample]:
-    return [
-        Sample(
-            build_graph(a.numbers, a.positions, a.cell.array, a.pbc, cutoff, species),
-            float(a.get_potential_energy()),
-            np.asarray(a.get_forces(), dtype=np.float64),
-        )
-        for a in frames
-    ]
-
-
-def split_indices(n: int, n_test: int, n_val: int, seed: int) -> dict[str, list[int]]:
-    perm = np.random.default_rng(seed).permutation(n)
-    return {
-        "test": sorted(perm[:n_test].tolist()),
-        "val": sorted(perm[n_test : n_test + n_val].tolist()),
-        "train": sorted(perm[n_test + n_val :].tolist()),
-    }
-
-
-def composition_baseline(samples: list[Sample], n_species: int) -> np.ndarray:
-    """Per-species energies (eV/atom) from a least-squares fit of E to the counts."""
-    counts = np.stack([np.bincount(s.graph.species, minlength=n_species) for s in samples])
-    energies = np.array([s.energy for s in samples])
-    return np.linalg.lstsq(counts.astype(float), energies, rcond=None)[0]
-
-
-def fit_three_body_to_residual(model: PET, samples: list[Sample], ridge: float = 1e-3) -> dict:
-    """Fit ``model.three_body`` and a shift of the per-species baseline by least squares
-    to what the rest of the model (term set to zero first) misses on ``samples``; returns
-    the fit's force errors (eV/Å)."""
-    with torch.no_grad():
-        model.three_body.coefficients.zero_()
-    energies, forces = [], []
-    for sample in samples:
-        batch = collate([sample], None)
-        energy, force = predict(model, batch, create_graph=False)
-        energies.append(sample.energy - float(energy[0].detach()))
-        forces.append(sample.forces - force.detach().double().numpy())
-    shift, stats = fit_three_body(
-        model.three_body,
-        [s.graph for s in samples],
-        energies,
-        forces,
-        len(model.species),
-        ridge=ridge,
-    )
-    with torch.no_grad():
-        model.baseline.add_(torch.from_numpy(shift))
-    return stats
-
-
-def _residual_targets(model: PET, samples: list[Sample]) -> list[tuple[float, np.ndarray]]:
-    """What ``model`` misses on each sample: energy (eV) and forces [N, 3] (eV/Å)."""
-    targets = []
-    for sample in samples:
-        energy, force = predict(model, collate([sample], None), create_graph=False)
-        targets.append(
-            (
-                sample.energy - float(energy[0].detach()),
-                sample.forces - force.detach().double().numpy(),
-            )
-        )
-    return targets
-
-
-def set_short_range(model: PET, shortest: np.ndarray) -> None:
-    """Floors and pair walls of ``model`` at the distances ``shortest`` [S, S] (Å)."""
-    with torch.no_grad():
-        model.short_range.floor.copy_(torch.from_numpy(shortest))
-        model.pair.set_walls(torch.from_numpy(shortest))
-
-
-def guard_short_range(
-    model: PET, samples: list[Sample], smoothing: float, monotone_quantile: float
-) -> dict:
-    """Make a trained ``model`` physical below its data (:mod:`symbreak.short_range`):
-    floors and pair walls at the shortest distance of each species pair in ``samples``,
-    the pair prior refitted to what the rest of the model misses (non-increasing below the
-    ``monotone_quantile`` quantile of each pair's distances, curvature penalty
-    ``smoothing``), then the three-body prior (if any) refitted to the new residual.
-    Returns the distances used (Å) and the fits' train force errors (eV/Å)."""
-    shortest, monotone = short_range_bounds(
-        [s.graph for s in samples], len(model.species), monotone_quantile
-    )
-    set_short_range(model, shortest)
-    with torch.no_grad():
-        model.pair.coefficients.zero_()
-        model.baseline.zero_()
-    targets = _residual_targets(model, samples)  # learned part and three-body prior only
-    baseline, pair_fit = fit_pair_prior(
-        model.pair,
-        samples,
-        len(model.species),
-        monotone_below=monotone,
-        smoothing=smoothing,
-        targets=targets,
-    )
-    with torch.no_grad():
-        model.baseline.copy_(torch.from_numpy(baseline))
-    report = {
-        "shortest_A": shortest.tolist(),
-        "monotone_below_A": monotone.tolist(),
-        "pair_fit": pair_fit,
-    }
-    if model.use_three_body:
-        report["three_body_fit"] = fit_three_body_to_residual(model, samples)
-    return report
-
-
-@dataclass
-class Batch:
-    species: torch.Tensor
-    centers: torch.Tensor
-    neighbors: torch.Tensor
-    vectors: torch.Tensor
-    reverse: torch.Tensor
-    structure: torch.Tensor
-    n_atoms: torch.Tensor  # [B]
-    energy: torch.Tensor  # [B] eV
-    forces: torch.Tensor  # [N, 3] eV/Å
-
-
-def collate(samples: list[Sample], rotations: np.ndarray | None, dtype=torch.float32) -> Batch:
-    """Pack structures into one graph; ``rotations`` [B,3,3] rotate vectors and forces."""
-    species, centers, neighbors, vectors, reverse, structure, forces = [], [], [], [], [], [], []
-    atom_offset = edge_offset = 0
-    for b, s in enumerate(samples):
-        g = s.graph
-        vec, frc = g.vectors, s.forces
-        if rotations is not None:
-            vec, frc = vec @ rotations[b].T, frc @ rotations[b].T
-        species.append(g.species)
-        centers.append(g.centers + atom_offset)
-        neighbors.append(g.neighbors + atom_offset)
-        reverse.append(g.reverse + edge_offset)
-        vectors.append(vec)
-        forces.append(frc)
-        structure.append(np.full(g.n_atoms, b))
-        atom_offset += g.n_atoms
-        edge_offset += len(g.centers)
-
-    def cat(arrays, dt):
-        return torch.from_numpy(np.concatenate(arrays)).to(dt)
-
-    return Batch(
-        cat(species, torch.long),
-        cat(centers, torch.long),
-        cat(neighbors, torch.long),
-        cat(vectors, dtype),
-        cat(reverse, torch.long),
-        cat(structure, torch.long),
-        torch.tensor([s.graph.n_atoms for s in samples]),
-        torch.tensor([s.energy for s in samples], dtype=torch.float64),
-        cat(forces, dtype),
-    )
+from .training_data import (
+    Sample,
+    collate,
+    composition_baseline,
+    evaluate,
+    file_fingerprint,
+    make_samples,
+    predict,
+    read_labelled,
+    split_indices,
+)
 
 
 def _grow_edge_readouts(entries: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> bool:
@@ -240,54 +69,6 @@ def _grow_edge_readouts(entries: dict[str, torch.Tensor], own: dict[str, torch.T
         entries[name] = padded
         grown = True
     return grown
-
-
-def predict(
-    model: PET, batch: Batch, create_graph: bool, head: DirectForceHead | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Energies [B] (eV) and forces [N, 3] (eV/Å), differentiable if ``create_graph``;
-    with a direct force ``head`` (training only), its forces instead of −∇E."""
-    if head is None:
-        vectors = batch.vectors.detach().requires_grad_(True)
-        eps = model.atomic_energies(
-            batch.species, batch.centers, batch.neighbors, vectors, batch.reverse
-        )
-    else:
-        eps, forces = head(
-            model, batch.species, batch.centers, batch.neighbors, batch.vectors, batch.reverse
-        )
-    n_struct = batch.n_atoms.shape[0]
-    interaction = torch.zeros(n_struct, dtype=eps.dtype).index_add(0, batch.structure, eps)
-    if head is None:
-        (grad,) = torch.autograd.grad(interaction.sum(), vectors, create_graph=create_graph)
-        forces = atom_forces(grad, batch.centers, batch.neighbors, batch.species.shape[0])
-    baseline = torch.zeros(n_struct, dtype=torch.float64).index_add(
-        0, batch.structure, model.baseline_energies(batch.species)
-    )
-    return interaction.double() + baseline, forces
-
-
-def evaluate(
-    model: PET, samples: list[Sample], batch_size: int = 4, head: DirectForceHead | None = None
-) -> dict[str, float]:
-    """Energy MAE/RMSE (meV/atom) and force MAE/RMSE (meV/Å) on unrotated samples; with a
-    direct force ``head``, of its forces."""
-    e_err, f_err = [], []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        batch = collate(chunk, None)
-        energy, forces = predict(model, batch, create_graph=False, head=head)
-        e_err.append(((energy.detach().double() - batch.energy) / batch.n_atoms).numpy())
-        f_err.append((forces.detach() - batch.forces).double().numpy().ravel())
-    e = np.concatenate(e_err) * 1e3
-    f = np.concatenate(f_err) * 1e3
-    return {
-        "energy_mae_meV_atom": float(np.abs(e).mean()),
-        "energy_rmse_meV_atom": float(np.sqrt((e**2).mean())),
-        "force_mae_meV_A": float(np.abs(f).mean()),
-        "force_rmse_meV_A": float(np.sqrt((f**2).mean())),
-        "energy_mean_error_meV_atom": float(e.mean()),
-    }
 
 
 class Trainer:

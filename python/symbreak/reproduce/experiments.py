@@ -422,7 +422,7 @@ def _test_frames_scan(ctx: Context, o: Outcome, ev) -> None:
     import ase.io
 
     from ..evaluator import Structure
-    from ..training import file_fingerprint
+    from ..training_data import file_fingerprint
 
     s = ctx.settings
     metrics = Path(__file__).resolve().parents[1] / "models" / f"{ctx.model}.metrics.json"
