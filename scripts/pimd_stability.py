@@ -12,9 +12,15 @@ extremes of the equilibration too, and the quantum g_OO (over every bead of thos
 Beads reach further than a classical run: the ring polymer of each H spreads over ~0.15 Å
 at 300 K.
 
+It also reports the distribution of the beads' O–H distances (mean, standard deviation,
+how far out the extremes lie in standard deviations, how many of the bond samples leave the
+limits) and the extremes of the ring polymers' centroids, to tell a single bead's quantum
+excursion from a broken bond.
+
 Usage: ``python scripts/pimd_stability.py [--model water-revpbe0d3] [--ps 1] [--out runs/pimd]``;
-writes ``pimd_stability.json`` and the i-PI run under ``--out``; exit code 0 if every
-distance stayed in range, 1 otherwise.
+writes ``pimd_stability.json`` and the i-PI run under ``--out``
+(``--analyse-only`` checks a finished run there again); exit code 0 if every distance stayed
+in range, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -31,6 +37,21 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 INPUT = REPO / "ipi_inputs" / "pimd_water64"
+OH_STRETCH_LIQUID = 3400.0  # cm^-1, centre of liquid water's O-H stretch band (IR/Raman)
+
+
+def harmonic_bead_std(wavenumber: float, temperature: float, beads: int) -> float:
+    """Standard deviation (Å) of one bead's coordinate for a harmonic O–H stretch (reduced
+    mass of O–H, ``wavenumber`` in cm⁻¹) sampled by a ``beads``-bead ring polymer at
+    ``temperature`` K: sum over the ring's normal modes of kT / m(ω² + ω_k²), ω_k = 2 P kT/ħ
+    sin(πk/P). Tends to the exact quantum sqrt(ħ/2mω coth(βħω/2)) as beads grow."""
+    from ase.units import _amu, _c, _hbar, _k
+
+    mass = 15.999 * 1.008 / (15.999 + 1.008) * _amu
+    omega = 2 * np.pi * _c * 100 * wavenumber
+    omega_p = beads * _k * temperature / _hbar
+    modes = 4 * omega_p**2 * np.sin(np.pi * np.arange(beads) / beads) ** 2
+    return float(np.sqrt(_k * temperature / mass * np.sum(1 / (omega**2 + modes))) * 1e10)
 
 
 def write_input(out: Path, steps: int, stride: int, average: str) -> Path:
@@ -71,6 +92,91 @@ def regular_frame(path: str):
     return min(ase.io.read(path, ":"), key=irregularity)
 
 
+def check_beads(
+    files: list[Path], first_checked: int, limits: argparse.Namespace, temperature: float
+) -> dict:
+    """Bond extremes and distributions of the i-PI bead trajectories ``files`` (one per bead,
+    same frames), over the frames at step >= ``first_checked``: every bead's intramolecular
+    O–H (min, max, mean, standard deviation, 1e-4 quantiles, how many bond samples fall
+    outside ``limits.oh_min``/``oh_max`` and how many a normal distribution of that mean
+    and width would put there; the width of a harmonic O–H stretch at the liquid's
+    frequency with as many beads at ``temperature`` K, for reference) and O–O, the same O–H
+    extremes for the ring polymers' centroids, and the quantum g_OO over every bead.
+    Distances in Å."""
+    from math import erfc, sqrt
+
+    from symbreak.analysis.io import read_ipi_xyz
+    from symbreak.analysis.molecules import find_waters, minimum_image
+    from symbreak.analysis.rdf import rdf
+
+    trajs = [read_ipi_xyz(path) for path in files]
+    first = trajs[0]
+    waters = find_waters(first.symbols, first.values[0], first.cells[0], first.pbc)
+    oxygens = waters[:, 0]
+    pairs = np.triu_indices(len(oxygens), 1)
+    pbc = first.pbc
+    eq = [np.inf, -np.inf, np.inf]
+    bead_oh, centroid_oh, oo_min = [], [], np.inf
+    rdf_positions, rdf_cells = [], []
+    for k, (cell, step) in enumerate(zip(first.cells, first.steps, strict=True)):
+        beads = np.array([t.values[k] for t in trajs])  # [P, N, 3]
+        oh = minimum_image(beads[:, waters[:, 1:]] - beads[:, waters[:, :1]], cell, pbc)
+        r = np.linalg.norm(oh, axis=-1)  # [P, W, 2]
+        d = minimum_image(beads[:, oxygens, None] - beads[:, None, oxygens], cell, pbc)
+        oo = np.linalg.norm(d, axis=-1)[:, pairs[0], pairs[1]]
+        if step < first_checked:
+            eq = [min(eq[0], r.min()), max(eq[1], r.max()), min(eq[2], oo.min())]
+            continue
+        bead_oh.append(r.ravel())
+        # each bead's O-H vector is minimum-imaged, so the centroid's is their mean
+        centroid_oh.append(np.linalg.norm(oh.mean(axis=0), axis=-1).ravel())
+        oo_min = min(oo_min, oo.min())
+        rdf_positions.extend(beads)
+        rdf_cells.extend([cell] * len(beads))
+    bead_oh, centroid_oh = np.concatenate(bead_oh), np.concatenate(centroid_oh)
+    stable = (
+        bead_oh.min() >= limits.oh_min and bead_oh.max() <= limits.oh_max
+    ) and oo_min >= limits.oo_min
+    mean, std = float(bead_oh.mean()), float(bead_oh.std())
+    summary = {
+        "bead_frames_checked": len(rdf_positions),
+        "oh_min_A": float(bead_oh.min()),
+        "oh_max_A": float(bead_oh.max()),
+        "oo_min_A": float(oo_min),
+        "bead_oh_distribution_A": {
+            "samples": int(bead_oh.size),
+            "mean": mean,
+            "std": std,
+            "quantile_1e-4": float(np.quantile(bead_oh, 1e-4)),
+            "quantile_1-1e-4": float(np.quantile(bead_oh, 1 - 1e-4)),
+            "below_oh_min": int((bead_oh < limits.oh_min).sum()),
+            "above_oh_max": int((bead_oh > limits.oh_max).sum()),
+            "min_in_std": (float(bead_oh.min()) - mean) / std,
+            "max_in_std": (float(bead_oh.max()) - mean) / std,
+            "normal_expects_below_oh_min": bead_oh.size
+            * 0.5
+            * erfc((mean - limits.oh_min) / (std * sqrt(2))),
+            "normal_expects_above_oh_max": bead_oh.size
+            * 0.5
+            * erfc((limits.oh_max - mean) / (std * sqrt(2))),
+            "harmonic_std_at_3400_per_cm": harmonic_bead_std(
+                OH_STRETCH_LIQUID, temperature, len(files)
+            ),
+        },
+        "centroid_oh_min_A": float(centroid_oh.min()),
+        "centroid_oh_max_A": float(centroid_oh.max()),
+        "equilibration_extremes_A": dict(
+            zip(("oh_min", "oh_max", "oo_min"), map(float, eq), strict=True)
+        ),
+        "limits": {"oh": [limits.oh_min, limits.oh_max], "oo_min": limits.oo_min},
+        "stable": bool(stable),
+        "g_OO": rdf(np.array(rdf_positions), np.array(rdf_cells), first.symbols, "OO").summary()
+        if len(rdf_positions) > 10
+        else {},
+    }
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="water-revpbe0d3")
@@ -84,81 +190,54 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--equilibration", type=float, default=0.1, help="ps not checked")
     p.add_argument("--data", default=str(REPO / "data" / "water_revpbe0d3_160.xyz"))
     p.add_argument("--out", default="runs/pimd_stability")
+    p.add_argument(
+        "--analyse-only",
+        action="store_true",
+        help="check the bead files already in OUT/run again (a finished run), run nothing",
+    )
     args = p.parse_args(argv)
 
-    from symbreak.analysis.io import read_ipi_xyz
-    from symbreak.analysis.molecules import find_waters, minimum_image
-
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    steps = int(round(args.ps * 2000))
-    xml = write_input(out, steps, args.stride, args.average)
-    start = regular_frame(args.data)
-    start.write(out / "start.xyz")
     run_dir = out / "run"
-    command = [
-        sys.executable, "-m", "symbreak", "run", str(xml), "--model", args.model,
-        "--run-dir", str(run_dir), "--threads", str(args.threads),
-        "--structure", str(out / "start.xyz"),
-    ]  # fmt: skip
-    t0 = time.perf_counter()
-    code = subprocess.call(command)
-    wall = time.perf_counter() - t0
+    steps = int(round(args.ps * 2000))
+    code, wall = 0, None
+    if not args.analyse_only:
+        out.mkdir(parents=True, exist_ok=True)
+        xml = write_input(out, steps, args.stride, args.average)
+        start = regular_frame(args.data)
+        start.write(out / "start.xyz")
+        command = [
+            sys.executable, "-m", "symbreak", "run", str(xml), "--model", args.model,
+            "--run-dir", str(run_dir), "--threads", str(args.threads),
+            "--structure", str(out / "start.xyz"),
+        ]  # fmt: skip
+        t0 = time.perf_counter()
+        code = subprocess.call(command)
+        wall = time.perf_counter() - t0
     files = sorted(run_dir.glob("sim.beads_*.xyz"))
     if code != 0 or not files:
         print(f"symbreak run ended with code {code}; bead files: {len(files)}", file=sys.stderr)
         return 1
-    first_checked = int(round(args.equilibration * 2000))
-    extremes = {"equilibration": [np.inf, -np.inf, np.inf], "checked": [np.inf, -np.inf, np.inf]}
-    frames = 0
-    waters = None
-    rdf_positions, rdf_cells = [], []  # every bead's checked frames, for the quantum g_OO
-    for path in files:
-        traj = read_ipi_xyz(path)
-        if waters is None:
-            waters = find_waters(traj.symbols, traj.values[0], traj.cells[0], traj.pbc)
-            oxygens = waters[:, 0]
-        for x, cell, step in zip(traj.values, traj.cells, traj.steps, strict=True):
-            oh = minimum_image(x[waters[:, 1:]] - x[waters[:, :1]], cell, traj.pbc)
-            r = np.linalg.norm(oh, axis=-1)
-            d = minimum_image(x[oxygens][:, None] - x[oxygens][None], cell, traj.pbc)
-            oo = np.linalg.norm(d, axis=-1)[np.triu_indices(len(oxygens), 1)]
-            e = extremes["checked" if step >= first_checked else "equilibration"]
-            e[:] = [min(e[0], r.min()), max(e[1], r.max()), min(e[2], oo.min())]
-            if step >= first_checked:
-                frames += 1
-                rdf_positions.append(x)
-                rdf_cells.append(cell)
-    g_oo = {}
-    if len(rdf_positions) > 10:
-        from symbreak.analysis.rdf import rdf
-
-        result = rdf(np.array(rdf_positions), np.array(rdf_cells), traj.symbols, "OO")
-        g_oo = result.summary()
-    oh_lo, oh_hi, oo_lo = extremes["checked"]
-    stable = oh_lo >= args.oh_min and oh_hi <= args.oh_max and oo_lo >= args.oo_min
+    ensemble = ET.parse(INPUT / "input.xml").getroot().find(".//ensemble/temperature")
+    temperature = float(ensemble.text)
+    checked = check_beads(files, int(round(args.equilibration * 2000)), args, temperature)
     summary = {
         "model": args.model,
         "average": args.average,
         "beads": len(files),
         "simulated_ps": steps * 0.5e-3,
         "equilibration_ps": args.equilibration,
-        "bead_frames_checked": frames,
-        "oh_min_A": float(oh_lo),
-        "oh_max_A": float(oh_hi),
-        "oo_min_A": float(oo_lo),
-        "equilibration_extremes_A": dict(
-            zip(("oh_min", "oh_max", "oo_min"), map(float, extremes["equilibration"]), strict=True)
-        ),
-        "limits": {"oh": [args.oh_min, args.oh_max], "oo_min": args.oo_min},
-        "stable": bool(stable),
+        **checked,
         "wall_seconds": wall,
-        "g_OO": g_oo,
     }
+    if wall is None:  # --analyse-only: keep the run's own wall time
+        previous = out / "pimd_stability.json"
+        if previous.exists():
+            summary["wall_seconds"] = json.loads(previous.read_text()).get("wall_seconds")
     (out / "pimd_stability.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "g_OO"}, indent=1))
-    print("g_OO:", {k: v for k, v in g_oo.items() if k not in ("r", "g")})
-    return 0 if stable else 1
+    print("g_OO:", {k: v for k, v in summary["g_OO"].items() if k not in ("r", "g")})
+    return 0 if summary["stable"] else 1
 
 
 if __name__ == "__main__":
