@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -96,16 +97,20 @@ def test_only_keeps_the_other_experiments_of_a_report_of_the_same_mode_and_model
         o.data = {"x": [k, 2 * k]}
         o.error = "RuntimeError: boom" if status == "failed" else None
         outcomes.append(o)
-    write_report(tmp_path, outcomes, {"quick": False, "model": "m", "date": "2026-01-02 03:04"})
+    meta = {"quick": False, "model": "m", "model_sha256": "ab12", "date": "2026-01-02 03:04"}
+    write_report(tmp_path, outcomes, meta)
 
-    kept = kept_outcomes(tmp_path, {2}, quick=False, model="m")
+    kept = kept_outcomes(tmp_path, {2}, quick=False, model_sha256="ab12")
     assert [o.number for o in kept] == ["1", "3"]
     for o, ref in zip(kept, (outcomes[0], outcomes[2]), strict=True):
         assert o.to_dict() | {"date": ""} == ref.to_dict()
         assert o.date == "2026-01-02 03:04"  # the report's, for outcomes without their own
-    assert kept_outcomes(tmp_path, {2}, quick=True, model="m") == []
-    assert kept_outcomes(tmp_path, {2}, quick=False, model="other") == []
-    assert kept_outcomes(tmp_path / "nothing", {2}, quick=False, model="m") == []
+    assert kept_outcomes(tmp_path, {2}, quick=True, model_sha256="ab12") == []
+    # another model file under the same name (a retrained shipped model) is not kept
+    assert kept_outcomes(tmp_path, {2}, quick=False, model_sha256="cd34") == []
+    assert kept_outcomes(tmp_path / "nothing", {2}, quick=False, model_sha256="ab12") == []
+    write_report(tmp_path, outcomes, {"quick": False, "model": "m"})  # made before hashes
+    assert kept_outcomes(tmp_path, {2}, quick=False, model_sha256="ab12") == []
 
     rerun = Outcome("2_exp", "Experiment 2", elapsed=7.0, date="2026-02-03 04:05")
     merged = sorted(kept + [rerun], key=lambda o: int(o.number))
@@ -121,6 +126,17 @@ def test_only_keeps_the_other_experiments_of_a_report_of_the_same_mode_and_model
 # ======================================================================================
 # i-PI input edits
 # ======================================================================================
+def test_a_missing_model_is_refused_before_any_experiment(tmp_path):
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "symbreak", "reproduce", "--out", str(out)]
+    proc = subprocess.run(
+        cmd + ["--model", str(tmp_path / "nope.pt")], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "--model" in proc.stderr and "nope.pt" in proc.stderr, proc.stderr
+    assert not out.exists()
+
+
 def test_policy_parameters():
     assert policy_parameters("none") == "{average: none}"
     assert policy_parameters("legendre:2+inv") == "{average: legendre:2, inversion: true}"

@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from ..engines.clients import default_threads
+    from ..export import resolve_model_path
+    from ..training_data import file_fingerprint
     from .experiments import EXPERIMENTS, FULL, QUICK, Context, run_experiment
     from .inputs import DEFAULT_INPUTS, Interrupted
     from .report import kept_outcomes, write_report
@@ -66,6 +68,11 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError
     except ValueError:
         print(f"symbreak reproduce: bad --only {args.only!r} (numbers 1 to 5)", file=sys.stderr)
+        return exit_codes.USAGE
+    try:  # the file's hash tells a kept experiment's model from a retrained one of that name
+        sha = file_fingerprint(resolve_model_path(args.model))
+    except FileNotFoundError as err:
+        print(f"symbreak reproduce: --model: {err}", file=sys.stderr)
         return exit_codes.USAGE
     threads = args.threads or default_threads(1)
     # i-PI and the clients inherit it: keeps numpy/OpenMP from oversubscribing the cores
@@ -84,12 +91,13 @@ def _run(args: argparse.Namespace) -> int:
         code = exit_codes.from_signal(signal.SIGINT)
     # --only into a folder with a report of the same mode and model: the other
     # experiments keep their results there, so the report stays whole.
-    kept = [] if only is None else kept_outcomes(out, only, settings.quick, args.model)
+    kept = [] if only is None else kept_outcomes(out, only, settings.quick, sha)
     outcomes = sorted(outcomes + kept, key=lambda o: int(o.number))
     meta = {
         "quick": settings.quick,
         "kept": [int(o.number) for o in kept],
         "model": args.model,
+        "model_sha256": sha,
         "threads": threads,
         "elapsed": time.monotonic() - ctx.t0,
         "host": f"{os.uname().nodename} ({os.cpu_count()} cores)",

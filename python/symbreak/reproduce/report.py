@@ -244,10 +244,12 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def kept_outcomes(out: Path, rerun: set[int], quick: bool, model: str) -> list[Outcome]:
+def kept_outcomes(out: Path, rerun: set[int], quick: bool, model_sha256: str) -> list[Outcome]:
     """The experiments of the report in ``out`` that are not in ``rerun``, if that report
-    was made in the same mode with the same model (else none: a report never mixes
-    them). Lets ``symbreak reproduce --only N`` update one experiment of a full report."""
+    was made in the same mode with the same model file (same SHA-256: a retrained model
+    shipped under the old name is another model; a report without the hash is not kept).
+    Else none: a report never mixes them. Lets ``symbreak reproduce --only N`` update one
+    experiment of a full report."""
     import json
 
     path = out / "reproduction" / "summary.json"
@@ -256,7 +258,7 @@ def kept_outcomes(out: Path, rerun: set[int], quick: bool, model: str) -> list[O
     try:
         previous = json.loads(path.read_text())
         meta = previous["meta"]
-        if bool(meta.get("quick")) != quick or meta.get("model") != model:
+        if bool(meta.get("quick")) != quick or meta.get("model_sha256") != model_sha256:
             return []
         date = str(meta.get("date", ""))
         kept = [Outcome.from_dict(d, date) for d in previous["experiments"]]
