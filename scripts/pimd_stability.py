@@ -18,7 +18,8 @@ limits) and the extremes of the ring polymers' centroids, to tell a single bead'
 excursion from a broken bond.
 
 Usage: ``python scripts/pimd_stability.py [--model water-revpbe0d3] [--ps 1] [--out runs/pimd]``;
-writes ``pimd_stability.json`` and the i-PI run under ``--out``
+writes ``pimd_stability.json``, ``pimd_oh.png`` (the O–H histograms) and the i-PI run under
+``--out``
 (``--analyse-only`` checks a finished run there again); exit code 0 if every distance stayed
 in range, 1 otherwise.
 """
@@ -138,6 +139,7 @@ def check_beads(
         bead_oh.min() >= limits.oh_min and bead_oh.max() <= limits.oh_max
     ) and oo_min >= limits.oo_min
     mean, std = float(bead_oh.mean()), float(bead_oh.std())
+    edges = np.linspace(0.6, 1.5, 181)
     summary = {
         "bead_frames_checked": len(rdf_positions),
         "oh_min_A": float(bead_oh.min()),
@@ -163,6 +165,11 @@ def check_beads(
                 OH_STRETCH_LIQUID, temperature, len(files)
             ),
         },
+        "oh_histogram": {
+            "edges_A": edges.tolist(),
+            "beads": np.histogram(bead_oh, edges)[0].tolist(),
+            "centroids": np.histogram(centroid_oh, edges)[0].tolist(),
+        },
         "centroid_oh_min_A": float(centroid_oh.min()),
         "centroid_oh_max_A": float(centroid_oh.max()),
         "equilibration_extremes_A": dict(
@@ -175,6 +182,51 @@ def check_beads(
         else {},
     }
     return summary
+
+
+def plot_oh(summary: dict, path: Path) -> None:
+    """The beads' and centroids' O–H histograms (log scale) with the limits, a normal
+    distribution of the beads' mean and width, and one of the harmonic reference width."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist, dist = summary["oh_histogram"], summary["bead_oh_distribution_A"]
+    edges = np.array(hist["edges_A"])
+    mid, width = 0.5 * (edges[1:] + edges[:-1]), np.diff(edges)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for key, label in (("beads", "every bead"), ("centroids", "ring-polymer centroids")):
+        counts = np.array(hist[key], float)
+        density = np.where(counts > 0, counts / (counts.sum() * width), np.nan)
+        # markers show the lone samples of the tails, which a step line leaves out
+        ax.plot(
+            mid,
+            density,
+            drawstyle="steps-mid",
+            marker=".",
+            ms=3,
+            label=f"{label} ({int(counts.sum())} bonds)",
+        )
+    r = np.linspace(edges[0], edges[-1], 400)
+    for std, label, style in (
+        (dist["std"], f"normal, the beads' width {dist['std']:.3f} Å", "--"),
+        (dist["harmonic_std_at_3400_per_cm"], "normal, harmonic 3400 cm⁻¹, same beads", ":"),
+    ):
+        g = np.exp(-0.5 * ((r - dist["mean"]) / std) ** 2) / (std * np.sqrt(2 * np.pi))
+        ax.plot(r, g, style, color="k", lw=1, label=label)
+    lo, hi = summary["limits"]["oh"]
+    for x in (lo, hi):
+        ax.axvline(x, color="r", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_ylim(0.3 / (dist["samples"] * width[0]), None)
+    ax.set_xlabel("intramolecular O–H distance (Å)")
+    ax.set_ylabel("probability density (1/Å)")
+    ax.set_title(f"{summary['beads']}-bead PIMD, {summary['simulated_ps']} ps: O–H limits in red")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         if previous.exists():
             summary["wall_seconds"] = json.loads(previous.read_text()).get("wall_seconds")
     (out / "pimd_stability.json").write_text(json.dumps(summary, indent=1))
-    print(json.dumps({k: v for k, v in summary.items() if k != "g_OO"}, indent=1))
+    plot_oh(summary, out / "pimd_oh.png")
+    shown = {k: v for k, v in summary.items() if k not in ("g_OO", "oh_histogram")}
+    print(json.dumps(shown, indent=1))
     print("g_OO:", {k: v for k, v in summary["g_OO"].items() if k not in ("r", "g")})
     return 0 if summary["stable"] else 1
 
