@@ -39,20 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 INPUT = REPO / "ipi_inputs" / "pimd_water64"
 OH_STRETCH_LIQUID = 3400.0  # cm^-1, centre of liquid water's O-H stretch band (IR/Raman)
-
-
-def harmonic_bead_std(wavenumber: float, temperature: float, beads: int) -> float:
-    """Standard deviation (Å) of one bead's coordinate for a harmonic O–H stretch (reduced
-    mass of O–H, ``wavenumber`` in cm⁻¹) sampled by a ``beads``-bead ring polymer at
-    ``temperature`` K: sum over the ring's normal modes of kT / m(ω² + ω_k²), ω_k = 2 P kT/ħ
-    sin(πk/P). Tends to the exact quantum sqrt(ħ/2mω coth(βħω/2)) as beads grow."""
-    from ase.units import _amu, _c, _hbar, _k
-
-    mass = 15.999 * 1.008 / (15.999 + 1.008) * _amu
-    omega = 2 * np.pi * _c * 100 * wavenumber
-    omega_p = beads * _k * temperature / _hbar
-    modes = 4 * omega_p**2 * np.sin(np.pi * np.arange(beads) / beads) ** 2
-    return float(np.sqrt(_k * temperature / mass * np.sum(1 / (omega**2 + modes))) * 1e10)
+MU_OH = 15.999 * 1.008 / (15.999 + 1.008)  # amu
 
 
 def write_input(out: Path, steps: int, stride: int, average: str) -> Path:
@@ -104,8 +91,8 @@ def check_beads(
     frequency with as many beads at ``temperature`` K, for reference) and O–O, the same O–H
     extremes for the ring polymers' centroids, and the quantum g_OO over every bead.
     Distances in Å."""
-    from math import erfc, sqrt
 
+    from symbreak.analysis.beads import harmonic_bead_std, tail_summary
     from symbreak.analysis.io import read_ipi_xyz
     from symbreak.analysis.molecules import find_waters, minimum_image
     from symbreak.analysis.rdf import rdf
@@ -138,7 +125,6 @@ def check_beads(
     stable = (
         bead_oh.min() >= limits.oh_min and bead_oh.max() <= limits.oh_max
     ) and oo_min >= limits.oo_min
-    mean, std = float(bead_oh.mean()), float(bead_oh.std())
     edges = np.linspace(0.6, 1.5, 181)
     summary = {
         "bead_frames_checked": len(rdf_positions),
@@ -146,23 +132,9 @@ def check_beads(
         "oh_max_A": float(bead_oh.max()),
         "oo_min_A": float(oo_min),
         "bead_oh_distribution_A": {
-            "samples": int(bead_oh.size),
-            "mean": mean,
-            "std": std,
-            "quantile_1e-4": float(np.quantile(bead_oh, 1e-4)),
-            "quantile_1-1e-4": float(np.quantile(bead_oh, 1 - 1e-4)),
-            "below_oh_min": int((bead_oh < limits.oh_min).sum()),
-            "above_oh_max": int((bead_oh > limits.oh_max).sum()),
-            "min_in_std": (float(bead_oh.min()) - mean) / std,
-            "max_in_std": (float(bead_oh.max()) - mean) / std,
-            "normal_expects_below_oh_min": bead_oh.size
-            * 0.5
-            * erfc((mean - limits.oh_min) / (std * sqrt(2))),
-            "normal_expects_above_oh_max": bead_oh.size
-            * 0.5
-            * erfc((limits.oh_max - mean) / (std * sqrt(2))),
+            **tail_summary(bead_oh, limits.oh_min, limits.oh_max),
             "harmonic_std_at_3400_per_cm": harmonic_bead_std(
-                OH_STRETCH_LIQUID, temperature, len(files)
+                OH_STRETCH_LIQUID, temperature, len(files), MU_OH
             ),
         },
         "oh_histogram": {
