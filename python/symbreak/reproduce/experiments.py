@@ -416,20 +416,19 @@ def molecule_nve(ctx: Context, o: Outcome) -> None:
 
 def _test_frames_scan(ctx: Context, o: Outcome, ev) -> None:
     """Energy error against the largest grid on the model's test frames (the study's
-    grid-convergence numbers), when the training data is in the checkout."""
-    import json
-
+    grid-convergence numbers; the split is the one recorded in the model file), when the
+    training data is in the checkout."""
     import ase.io
 
     from ..evaluator import Structure
+    from ..export import load_model
     from ..training_data import file_fingerprint
 
     s = ctx.settings
-    metrics = Path(__file__).resolve().parents[1] / "models" / f"{ctx.model}.metrics.json"
-    if s.test_frames < 1 or not metrics.is_file():
+    record = load_model(ctx.model).metadata.training if s.test_frames >= 1 else {}
+    if not record.get("split", {}).get("test"):
         o.notes.append("grid convergence on test frames skipped (no test split for this model)")
         return
-    record = json.loads(metrics.read_text())
     name = record.get("data", "water_revpbe0d3_160.xyz")
     # The training data sits in the checkout's data/: next to the inputs given (--inputs),
     # in the working directory, or above the package when it runs from the checkout (the
