@@ -26,7 +26,6 @@ Usage: ``python benchmarks/precision.py [--sizes 192,1536] [--threads 1] [--repe
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from types import SimpleNamespace
@@ -101,8 +100,8 @@ def main() -> int:
             atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, cutoff, species
         )
 
-    # accuracy against eager float32 on the held-out frames of the shipped model's split
-    split = json.loads(loaded.path.with_suffix(".metrics.json").read_text())["split"]
+    # accuracy against eager float32 on the held-out frames of the model's split (its metadata)
+    split = loaded.metadata.training["split"]
     frames = ase.io.read(WATER_160, ":")
     test = [graph_of(frames[i]) for i in split["test"]]
     reference = [energy_and_forces(eager, g, torch.float32) for g in test]
