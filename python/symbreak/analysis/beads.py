@@ -13,11 +13,7 @@ from math import erfc, sqrt
 
 import numpy as np
 
-# CODATA 2018 (SI), as in ase.units' _hbar, _k, _amu, _c
-_HBAR = 1.054571817e-34  # J s
-_KB = 1.380649e-23  # J/K
-_AMU = 1.66053906660e-27  # kg
-_C_CM = 2.99792458e10  # cm/s
+from .units import AMU_A2_PER_PS_IN_HBAR, C_CM_PER_PS, EV_IN_AMU_A2_PER_PS2, KB_EV_PER_K
 
 
 def harmonic_bead_std(wavenumber: float, temperature: float, beads: int, mass: float) -> float:
@@ -31,11 +27,13 @@ def harmonic_bead_std(wavenumber: float, temperature: float, beads: int, mass: f
             f"need beads >= 1 and positive temperature, wavenumber, mass; got {beads}, "
             f"{temperature} K, {wavenumber} cm^-1, {mass} amu"
         )
-    m = mass * _AMU
-    omega = 2 * np.pi * _C_CM * wavenumber
-    omega_p = beads * _KB * temperature / _HBAR
+    # in the analysis units: amu, Å, ps (kT in amu Å²/ps², ħ in amu Å²/ps, ω in 1/ps)
+    kt = KB_EV_PER_K * temperature * EV_IN_AMU_A2_PER_PS2
+    hbar = 1.0 / AMU_A2_PER_PS_IN_HBAR
+    omega = 2 * np.pi * C_CM_PER_PS * wavenumber
+    omega_p = beads * kt / hbar
     modes = 4 * omega_p**2 * np.sin(np.pi * np.arange(beads) / beads) ** 2
-    return float(np.sqrt(_KB * temperature / m * np.sum(1 / (omega**2 + modes))) * 1e10)
+    return float(np.sqrt(kt / mass * np.sum(1 / (omega**2 + modes))))
 
 
 def tail_summary(samples: np.ndarray, low: float, high: float) -> dict:
