@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import ase.io
 import numpy as np
@@ -179,6 +180,8 @@ def test_train_command_line(tiny_data, tmp_path):
     argv += ["--gas-dimers", "2", "--pair-smoothing", "1e-3", "--pair-monotone-quantile", "0.02"]
     argv += ["--model-config", json.dumps(TINY)]
     assert main([*argv, "--guard-short-range"]) == exit_codes.USAGE  # refits: needs --resume
+    assert main([*argv, "--device", "gpu"]) == exit_codes.USAGE  # refused before any work
+    assert not (tmp_path / "checkpoint.pt").exists()
     assert main(argv) == 0
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["train_config"]
     assert (saved["gas_dimers"], saved["pair_smoothing"]) == (2, 1e-3)
@@ -384,3 +387,41 @@ def test_resume_with_a_longer_transformer_cutoff_grows_its_edge_readouts(tiny_da
     back = Trainer(config(tiny_data, tmp_path, epochs=3, model=shorter), progress=False)
     with pytest.raises(ValueError, match="reads a longer cutoff"):
         back.load_checkpoint()
+
+
+def test_schedule_minutes_fits_the_cosine_into_the_time(tiny_data, tmp_path):
+    """With a time budget the last epoch follows the measured epoch time: the run ends
+    within the budget with the cosine fully decayed, and exports the model."""
+    trainer = Trainer(config(tiny_data, tmp_path, epochs=1000, schedule_minutes=0.1), False)
+    start = time.monotonic()
+    trainer.fit()
+    assert 1 < trainer.epoch < 1000
+    assert trainer.cfg.epochs == trainer.epoch
+    seconds = [r["seconds"] for r in trainer.history]
+    assert sum(seconds) < 6 + 2 * max(seconds)  # the budget, give or take an epoch's time
+    assert trainer.history[-1]["lr"] == pytest.approx(trainer.cfg.lr_min)
+    assert (tmp_path / "model.pt").is_file() and time.monotonic() - start < 60
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_cuda_steps_follow_the_cpu_steps(tiny_data, tmp_path):
+    """Two epochs on the GPU give the CPU's losses and validation errors (float32
+    rounding apart), leave a CPU checkpoint that resumes on the CPU, and export a CPU model."""
+    runs = {}
+    for device in ("cpu", "cuda"):
+        cfg = config(tiny_data, tmp_path / device, epochs=2, device=device, gas_weight=0.5)
+        (tmp_path / device).mkdir()
+        trainer = Trainer(cfg, progress=False)
+        trainer.fit()
+        runs[device] = trainer.history
+    for cpu, gpu in zip(runs["cpu"], runs["cuda"], strict=True):
+        for key in ("loss", "force_mse", "val_force_mae_meV_A", "val_energy_mae_meV_atom"):
+            assert gpu[key] == pytest.approx(cpu[key], rel=2e-3), key
+    state = torch.load(tmp_path / "cuda" / "checkpoint.pt", weights_only=True)
+    assert all(t.device.type == "cpu" for t in state["model"].values())
+    resumed = Trainer(config(tiny_data, tmp_path / "cuda", epochs=3), progress=False)
+    resumed.load_checkpoint()
+    resumed.fit()
+    assert resumed.epoch == 3
+    model = torch.jit.load(str(tmp_path / "cuda" / "model.pt"))
+    assert all(t.device.type == "cpu" for t in model.state_dict().values())

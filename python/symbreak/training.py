@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .direct_forces import DirectForceHead
+from .evaluator import resolve_device
 from .gas_phase import cut_molecules, dimer_graphs, distorted_graphs, learned_force_msq
 from .model import OPTIONAL_BUFFERS, PET, PETConfig, count_parameters
 from .pair import fit_pair_prior
@@ -71,6 +72,17 @@ def _grow_edge_readouts(entries: dict[str, torch.Tensor], own: dict[str, torch.T
     return grown
 
 
+def _on_cpu(tree):
+    """``tree`` (nested dicts, lists, tuples of tensors and plain values) with CPU tensors."""
+    if isinstance(tree, torch.Tensor):
+        return tree.cpu()
+    if isinstance(tree, dict):
+        return {k: _on_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_on_cpu(v) for v in tree)
+    return tree
+
+
 class Trainer:
     """Owns the model, optimiser, EMA, data and history; checkpoints to ``workdir``."""
 
@@ -79,6 +91,9 @@ class Trainer:
         the priors, baseline and scale: their least-squares fits are skipped here."""
         self.cfg = cfg
         self.progress = progress
+        # The steps' device, refused here if unusable; the model is built, fitted, loaded
+        # and exported on the CPU and moved there only for the steps (:meth:`fit`).
+        self.device = resolve_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -134,17 +149,12 @@ class Trainer:
             self.model.pair.coefficients.requires_grad_(False)
             self.model.three_body.coefficients.requires_grad_(False)
         self.ema = copy.deepcopy(self.model)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         # The direct force head has its own optimiser: a checkpoint made with or without
         # it resumes either way.
         self.direct_head: DirectForceHead | None = None
-        self.direct_optimizer: torch.optim.Optimizer | None = None
         if cfg.direct_forces:
             self.direct_head = DirectForceHead(self.model_cfg.d_model)
-            self.direct_optimizer = torch.optim.AdamW(
-                self.direct_head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-            )
+        self._make_optimizers()
         self.epoch = 0
         self.step = 0
         self.loss_mean: float | None = None  # running mean of the loss, for the spike guard
@@ -156,6 +166,31 @@ class Trainer:
         self.fingerprint = file_fingerprint(cfg.data)
         self.workdir = Path(cfg.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def _make_optimizers(self) -> None:
+        cfg = self.cfg
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.direct_optimizer: torch.optim.Optimizer | None = None
+        if self.direct_head is not None:
+            self.direct_optimizer = torch.optim.AdamW(
+                self.direct_head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+            )
+
+    def place(self, device: torch.device) -> None:
+        """Move the model, EMA, direct head and optimiser moments to ``device``."""
+        if self.model.baseline.device == device:
+            return
+        states = [o.state_dict() for o in (self.optimizer, self.direct_optimizer) if o]
+        for module in (self.model, self.ema, self.direct_head):
+            if module is not None:
+                module.to(device)
+        # New optimisers over the moved parameters; loading casts the moments to them.
+        self._make_optimizers()
+        for optimizer, state in zip(
+            [o for o in (self.optimizer, self.direct_optimizer) if o], states, strict=True
+        ):
+            optimizer.load_state_dict(state)
 
     # -- schedule ----------------------------------------------------------------------
 
@@ -196,8 +231,9 @@ class Trainer:
         for start in bar:
             chunk = [self.train[k] for k in order[start : start + cfg.batch_size]]
             rot = random_rotations(rng, len(chunk)) if cfg.augment else None
-            batch = collate(chunk, rot)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
+            batch = collate(chunk, rot).to(self.device)
+            bf16 = cfg.autocast == "bf16"
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
                 energy, forces = predict(self.model, batch, True, head=self.direct_head)
                 gas = self._gas_force_msq(rng) if cfg.gas_weight > 0 else torch.zeros(())
             forces = forces.float()  # the losses in float32 either way
@@ -255,9 +291,10 @@ class Trainer:
             self.gas_molecules, rng, cfg.gas_molecules, cfg.gas_noise, mc.cutoff, mc.species
         )
         if cfg.gas_dimers:
-            floor = self.model.short_range.floor.numpy()
+            floor = self.model.short_range.floor.cpu().numpy()
             graphs += dimer_graphs(rng, cfg.gas_dimers, floor, mc.cutoff, mc.species)
         b = collate([Sample(g, 0.0, np.zeros((g.n_atoms, 3))) for g in graphs], None)
+        b = b.to(self.device)
         return learned_force_msq(
             self.model, b.species, b.centers, b.neighbors, b.vectors, b.reverse
         )
@@ -295,6 +332,7 @@ class Trainer:
         return self.workdir / "checkpoint.pt"
 
     def save_checkpoint(self) -> None:
+        """Everything to continue, as CPU tensors whatever the device."""
         state = {
             "train_config": asdict(self.cfg),
             "model": self.model.state_dict(),
@@ -312,14 +350,14 @@ class Trainer:
             state["direct_head"] = self.direct_head.state_dict()
             state["direct_optimizer"] = self.direct_optimizer.state_dict()
         tmp = self.checkpoint_path().with_suffix(".tmp")
-        torch.save(state, tmp)
+        torch.save(_on_cpu(state), tmp)
         tmp.replace(self.checkpoint_path())  # atomic: an interrupted save keeps the old one
 
     def load_checkpoint(self, path: Path | None = None) -> None:
         path = Path(path or self.checkpoint_path())
         try:
             # Tensors and plain containers only: a pickled object could run code on load.
-            state = torch.load(path, weights_only=True)
+            state = torch.load(path, weights_only=True, map_location="cpu")
         except pickle.UnpicklingError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise ValueError(
@@ -426,9 +464,12 @@ class Trainer:
         t0 = time.monotonic()
         print(
             f"PET: {count_parameters(self.model)} parameters; {len(self.train)} train / "
-            f"{len(self.val)} val / {len(self.test)} test frames; starting at epoch {self.epoch}",
+            f"{len(self.val)} val / {len(self.test)} test frames; starting at epoch {self.epoch}"
+            f" on {self.device}",
             flush=True,
         )
+        self.place(self.device)
+        first_epoch = self.epoch
         while self.epoch < cfg.epochs:
             t_epoch = time.monotonic()
             record = self.run_epoch()
@@ -459,15 +500,29 @@ class Trainer:
                 ),
                 flush=True,
             )
+            if cfg.schedule_minutes and self.epoch - first_epoch <= 3:
+                self._fit_schedule(t0, record["seconds"])
             if cfg.max_minutes and (time.monotonic() - t0) / 60 > cfg.max_minutes:
                 print(f"stopping after {cfg.max_minutes} minutes; resume to continue", flush=True)
                 return {}
         return self.finish()
 
+    def _fit_schedule(self, t0: float, epoch_seconds: float) -> None:
+        """Set the last epoch so that the remaining epochs, at ``epoch_seconds`` each, end
+        within ``schedule_minutes`` of ``t0`` (at least one more epoch is never promised)."""
+        left = self.cfg.schedule_minutes * 60 - (time.monotonic() - t0)
+        self.cfg.epochs = self.epoch + max(int(left // epoch_seconds), 0)
+        print(
+            f"schedule fitted to {self.cfg.schedule_minutes} min: {epoch_seconds:.1f} s per "
+            f"epoch, last epoch {self.cfg.epochs}",
+            flush=True,
+        )
+
     def finish(self) -> dict:
         """Refit the offset, measure on the test frames, export the EMA model."""
         from .export import export_model
 
+        self.place(torch.device("cpu"))
         self.save_checkpoint()  # holds a three-body fit made at resume even with no epochs
         self.refit_offset()
         metrics = {

@@ -23,6 +23,8 @@ _HELP = {
     "data's shortest distance of the pair and the cutoff)",
     "pair_monotone_quantile": "the pair prior is fitted non-increasing below this quantile "
     "of each species pair's distances in the data",
+    "schedule_minutes": "set the last epoch from the measured epoch time so that the "
+    "schedule ends and the model is exported within this many minutes (0: --epochs)",
     "pair_smoothing": "curvature penalty of the pair prior's fit (eV^2/Å^3 per force component)",
 }
 
@@ -42,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name in (
         "seed", "n_test", "n_val", "epochs", "batch_size", "lr", "lr_min", "warmup_steps",
         "ema_decay", "energy_weight_start", "energy_weight_end", "energy_weight_ramp",
-        "threads", "max_minutes", "huber_delta", "spike_factor", "gas_weight",
+        "threads", "max_minutes", "schedule_minutes", "huber_delta", "spike_factor", "gas_weight",
         "gas_molecules", "gas_noise", "gas_dimers", "pair_monotone_quantile",
         "pair_smoothing",
     ):  # fmt: skip
@@ -50,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument(
             f"--{name.replace('_', '-')}", type=type(value), default=value, help=_HELP.get(name)
         )
+    p.add_argument(
+        "--device",
+        default=defaults.device,
+        help="where the training steps run: cpu (default), cuda or cuda:N (the fits, "
+        "checkpoints and export stay on the CPU)",
+    )
     p.add_argument("--no-augment", action="store_true", help="train without random rotations")
     p.add_argument(
         "--train-pair",
@@ -118,7 +126,14 @@ def _main(args: argparse.Namespace) -> int:
         print(f"symbreak train: {problem}", file=sys.stderr)
         return exit_codes.USAGE
 
-    from .training import Trainer  # torch: only once the options are known to be fine
+    from .evaluator import resolve_device  # torch: only once the options are known to be fine
+    from .training import Trainer
+
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        print(f"symbreak train: --device: {err}", file=sys.stderr)
+        return exit_codes.USAGE
 
     cfg = TrainConfig(**fields, augment=not args.no_augment, model=model)
     trainer = Trainer(cfg, progress=not args.quiet, resuming=args.resume)

@@ -54,8 +54,16 @@ class TrainConfig:
     # exported model is always conservative.
     direct_forces: bool = False
     threads: int = 0  # 0: torch's default
+    # Where the training steps and validation run: "cpu", "cuda" or "cuda:N". The priors'
+    # least-squares fits, the checkpoints and the export stay on the CPU, so a run can move
+    # between machines with --resume.
+    device: str = "cpu"
     new_schedule: bool = False  # on resume: a fresh warmup + cosine from here to `epochs`
     max_minutes: float = 0.0  # stop (after a checkpoint) when exceeded; 0: no limit
+    # Fit the schedule into wall time: the last epoch is set from the time of this run's
+    # epochs (re-estimated over its first three), so the cosine decay ends and the model is
+    # exported within about this many minutes (e.g. a leased GPU); 0: `epochs` decides.
+    schedule_minutes: float = 0.0
     # Gas-phase term (symbreak.gas_phase): each step adds gas_weight x the mean square
     # (eV/Å)² of the learned part's forces on gas_molecules isolated molecules cut from
     # the training frames, displaced by gas_noise Å (Gaussian, per component). 0: off.

@@ -6,6 +6,7 @@ Energies are in eV, forces in eV/Å, positions in Å, as in the extended XYZ fil
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,10 @@ class Batch:
     energy: torch.Tensor  # [B] eV
     forces: torch.Tensor  # [N, 3] eV/Å
 
+    def to(self, device: torch.device) -> Batch:
+        """The same batch with every tensor on ``device``."""
+        return Batch(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
+
 
 def collate(samples: list[Sample], rotations: np.ndarray | None, dtype=torch.float32) -> Batch:
     """Pack structures into one graph; ``rotations`` [B,3,3] rotate vectors and forces."""
@@ -133,11 +138,13 @@ def predict(
             model, batch.species, batch.centers, batch.neighbors, batch.vectors, batch.reverse
         )
     n_struct = batch.n_atoms.shape[0]
-    interaction = torch.zeros(n_struct, dtype=eps.dtype).index_add(0, batch.structure, eps)
+    interaction = torch.zeros(n_struct, dtype=eps.dtype, device=eps.device).index_add(
+        0, batch.structure, eps
+    )
     if head is None:
         (grad,) = torch.autograd.grad(interaction.sum(), vectors, create_graph=create_graph)
         forces = atom_forces(grad, batch.centers, batch.neighbors, batch.species.shape[0])
-    baseline = torch.zeros(n_struct, dtype=torch.float64).index_add(
+    baseline = torch.zeros(n_struct, dtype=torch.float64, device=eps.device).index_add(
         0, batch.structure, model.baseline_energies(batch.species)
     )
     return interaction.double() + baseline, forces
@@ -147,14 +154,15 @@ def evaluate(
     model: PET, samples: list[Sample], batch_size: int = 4, head: DirectForceHead | None = None
 ) -> dict[str, float]:
     """Energy MAE/RMSE (meV/atom) and force MAE/RMSE (meV/Å) on unrotated samples; with a
-    direct force ``head``, of its forces."""
+    direct force ``head``, of its forces. Runs where the model's tensors are."""
     e_err, f_err = [], []
+    device = model.baseline.device
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        batch = collate(chunk, None)
+        batch = collate(chunk, None).to(device)
         energy, forces = predict(model, batch, create_graph=False, head=head)
-        e_err.append(((energy.detach().double() - batch.energy) / batch.n_atoms).numpy())
-        f_err.append((forces.detach() - batch.forces).double().numpy().ravel())
+        e_err.append(((energy.detach().double() - batch.energy) / batch.n_atoms).cpu().numpy())
+        f_err.append((forces.detach() - batch.forces).double().cpu().numpy().ravel())
     e = np.concatenate(e_err) * 1e3
     f = np.concatenate(f_err) * 1e3
     return {
