@@ -24,6 +24,8 @@ python "$here/model.py" --sizes 192,1536,12288,98304 --repeats 20 --device "$dev
 echo "== rotational averaging (18 and 70 rotations), $device"
 python "$here/averaging.py" --sizes 192,1536 --grids lebedev:3,lebedev:5 --workers 1 \
     --rotation-batches auto --device "$device"
+echo "== kernels against dispatch: served calls and a training step, $device"
+python "$here/dispatch.py" --device "$device"
 echo "== 8-bead PIMD of 64 H2O through i-PI, 20 steps: CPU then $device"
 for d in cpu "$device"; do
     start=$(date +%s.%N)
