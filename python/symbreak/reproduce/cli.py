@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--quick",
         action="store_true",
         help="tiny runs (a smoke test, < 5 min on 2 cores); default: the full runs "
-        "(~70 min; time limits cap them at ~2.3 h)",
+        "(~105 min; time limits cap them at ~2.3 h)",
     )
     p.add_argument("--out", type=Path, default=Path("docs"), help="report folder (docs)")
     p.add_argument(
