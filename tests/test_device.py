@@ -85,3 +85,52 @@ def test_cuda_equals_cpu_in_float64(loaded, policy):
     assert abs(result.energy - cpu.energy) < 1e-10 * abs(cpu.energy)
     np.testing.assert_allclose(result.forces, cpu.forces, atol=1e-10)
     np.testing.assert_allclose(result.virial, cpu.virial, atol=1e-9)
+
+
+def _tiny_pet_and_graph():
+    from helpers import water_frame
+    from symbreak.graph import build_graph
+    from symbreak.model import PET, PETConfig
+
+    torch.manual_seed(0)
+    cfg = dict(d_model=16, n_heads=2, d_ff=32, n_mp_layers=2, n_transformer_layers=1)
+    model = PET(PETConfig(species=[1, 8], three_body=True, **cfg)).double()
+    for p in model.parameters():  # non-zero readouts and priors
+        torch.nn.init.normal_(p, std=0.2)
+    atoms = water_frame()
+    g = build_graph(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, model.cutoff,
+                    model.species)  # fmt: skip
+    long = [torch.from_numpy(getattr(g, k)).long() for k in ("species", "centers", "neighbors")]
+    return model, (*long, torch.from_numpy(g.vectors), torch.from_numpy(g.reverse).long())
+
+
+def test_the_layers_chunk_size_follows_the_device():
+    """The CPU runs the layers and priors in cache-sized chunks, a CUDA device whole
+    (``layer_chunk_edges_cuda``): chosen by where the vectors are, not by a setting."""
+    model, args = _tiny_pet_and_graph()
+    vectors = args[3]
+    assert model._layer_chunk_edges(vectors) == model.layer_chunk_edges > 0
+    assert model.layer_chunk_edges_cuda == 0
+    if CUDA:
+        assert model._layer_chunk_edges(vectors.cuda()) == 0
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA device here (benchmarks/gpu.sh on a GPU machine)")
+def test_cuda_runs_the_layers_whole_with_the_chunked_cpu_numbers():
+    """Float64: the GPU's whole-graph layers and priors give the energies and gradients of
+    the CPU's chunks (300 edges: several chunks on this frame)."""
+    model, args = _tiny_pet_and_graph()
+    model.layer_chunk_edges = 300
+    assert args[1].shape[0] > 3 * 300
+
+    def energies_and_gradient(m, tensors):
+        vectors = tensors[3].clone().requires_grad_(True)
+        inputs = (*tensors[:3], vectors, tensors[4])
+        eps = m.learned_energies(*inputs) + m.prior_energies(*inputs[:4])
+        (grad,) = torch.autograd.grad(eps.sum(), vectors)
+        return eps.detach().cpu(), grad.cpu()
+
+    eps_cpu, grad_cpu = energies_and_gradient(model, args)
+    eps_gpu, grad_gpu = energies_and_gradient(model.cuda(), tuple(t.cuda() for t in args))
+    torch.testing.assert_close(eps_gpu, eps_cpu, rtol=0, atol=1e-10)
+    torch.testing.assert_close(grad_gpu, grad_cpu, rtol=0, atol=1e-10)

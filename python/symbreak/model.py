@@ -57,6 +57,11 @@ from .threebody import ThreeBodyPrior
 #: 32 MiB. Water, 1 thread, energy + forces: 12288 atoms took 1980 µs per atom over the
 #: whole graph and 420–520 in chunks, as 192 atoms take (benchmarks/model.py).
 LAYER_CHUNK_EDGES = 4_096
+#: The same on a CUDA device, where 0 (the whole graph at once) is the choice: chunks sized
+#: for a CPU cache multiply the kernel launches (on an H200 a 12,288-atom call launched
+#: 103,000 kernels, busy 13 % of the call: docs/gpu_h200.md). Memory on very large graphs
+#: is bounded by the contract's recomputing chunks (CHUNK_ABOVE_EDGES_CUDA).
+LAYER_CHUNK_EDGES_CUDA = 0
 
 # Buffers whose zeros mean "off", absent from files made before them: a file without them
 # loads with them off (no wall, no floor) and gives the numbers it always gave.
@@ -151,6 +156,7 @@ class PET(nn.Module):
         # learned_energies runs each layer in chunks of atoms of about this many edges
         # (0: the whole graph at once); the numbers do not depend on it.
         self.layer_chunk_edges = LAYER_CHUNK_EDGES
+        self.layer_chunk_edges_cuda = LAYER_CHUNK_EDGES_CUDA
         self.use_pair = bool(cfg.pair_prior)
         self.pair = PairPrior(len(cfg.species), cfg.cutoff, cfg.pair_r_min, cfg.pair_spacing)
         # Below the data's shortest distance of each species pair the transformer and the
@@ -210,13 +216,14 @@ class PET(nn.Module):
         per edge (full edge list: each pair twice, half to each atom) and the three-body
         term; zeros if the model has neither."""
         n_edges = centers.shape[0]
-        if self.layer_chunk_edges <= 0 or n_edges <= self.layer_chunk_edges:
+        chunk = self._layer_chunk_edges(vectors)
+        if chunk <= 0 or n_edges <= chunk:
             return self._prior_energies(species, centers, neighbors, vectors)
         # Both terms are sums over the edges of each centre: exact in chunks of centres,
         # and every tensor small (the three-body pairs grow as edges × neighbours).
         centers_sorted, order = torch.sort(centers, stable=True)
         counts = torch.bincount(centers, minlength=species.shape[0])
-        sizes = [e1 - e0 for a0, a1, e0, e1 in self._chunks(counts, self.layer_chunk_edges)]
+        sizes = [e1 - e0 for a0, a1, e0, e1 in self._chunks(counts, chunk)]
         vectors_c = torch.split(vectors[order], sizes)
         centers_c = torch.split(centers_sorted, sizes)
         neighbors_c = torch.split(neighbors[order], sizes)
@@ -280,7 +287,7 @@ class PET(nn.Module):
         message = torch.zeros(
             centers.shape[0], self.d_model, dtype=vectors.dtype, device=vectors.device
         )
-        bounds = self._chunks(counts, self.layer_chunk_edges)
+        bounds = self._chunks(counts, self._layer_chunk_edges(vectors))
         if len(bounds) == 1:
             edges = self._edges(sorted_vectors, nbr_species, centers_sorted, slot)
             tokens = self._tokens(edges, counts)
@@ -327,6 +334,10 @@ class PET(nn.Module):
             node, message = torch.cat(nodes), torch.cat(messages)
             energy = energy + torch.cat(energies)
         return self.energy_scale.to(vectors.dtype) * energy, message, kept[order]
+
+    def _layer_chunk_edges(self, vectors: Tensor) -> int:
+        """Edges per chunk of the layers and priors on the device of ``vectors``."""
+        return self.layer_chunk_edges_cuda if vectors.is_cuda else self.layer_chunk_edges
 
     def _chunks(self, counts: Tensor, chunk_edges: int) -> list[tuple[int, int, int, int]]:
         """Consecutive atoms (sorted edges) in chunks of about ``chunk_edges`` edges:
