@@ -88,8 +88,9 @@ def test_cuda_equals_cpu_in_float64(loaded, policy):
 
 
 def _tiny_pet_and_graph():
+    from test_direct_forces import graph_tensors
+
     from helpers import water_frame
-    from symbreak.graph import build_graph
     from symbreak.model import PET, PETConfig
 
     torch.manual_seed(0)
@@ -97,11 +98,7 @@ def _tiny_pet_and_graph():
     model = PET(PETConfig(species=[1, 8], three_body=True, **cfg)).double()
     for p in model.parameters():  # non-zero readouts and priors
         torch.nn.init.normal_(p, std=0.2)
-    atoms = water_frame()
-    g = build_graph(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, model.cutoff,
-                    model.species)  # fmt: skip
-    long = [torch.from_numpy(getattr(g, k)).long() for k in ("species", "centers", "neighbors")]
-    return model, (*long, torch.from_numpy(g.vectors), torch.from_numpy(g.reverse).long())
+    return model, graph_tensors(model, water_frame())
 
 
 def test_the_layers_chunk_size_follows_the_device():

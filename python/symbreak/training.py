@@ -177,19 +177,20 @@ class Trainer:
                 self.direct_head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
             )
 
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        return [o for o in (self.optimizer, self.direct_optimizer) if o is not None]
+
     def place(self, device: torch.device) -> None:
         """Move the model, EMA, direct head and optimiser moments to ``device``."""
         if self.model.baseline.device == device:
             return
-        states = [o.state_dict() for o in (self.optimizer, self.direct_optimizer) if o]
+        states = [o.state_dict() for o in self._optimizers()]
         for module in (self.model, self.ema, self.direct_head):
             if module is not None:
                 module.to(device)
         # New optimisers over the moved parameters; loading casts the moments to them.
         self._make_optimizers()
-        for optimizer, state in zip(
-            [o for o in (self.optimizer, self.direct_optimizer) if o], states, strict=True
-        ):
+        for optimizer, state in zip(self._optimizers(), states, strict=True):
             optimizer.load_state_dict(state)
 
     # -- schedule ----------------------------------------------------------------------
@@ -248,7 +249,7 @@ class Trainer:
                 force_loss = force_mse
             data_loss = force_loss + w_energy * energy_mse
             loss = data_loss + cfg.gas_weight * gas.float()
-            optimizers = [o for o in (self.optimizer, self.direct_optimizer) if o is not None]
+            optimizers = self._optimizers()
             for optimizer in optimizers:
                 for group in optimizer.param_groups:
                     group["lr"] = self.learning_rate(self.step)

@@ -421,11 +421,10 @@ def _test_frames_scan(ctx: Context, o: Outcome, ev) -> None:
     import ase.io
 
     from ..evaluator import Structure
-    from ..export import load_model
     from ..training_data import file_fingerprint
 
     s = ctx.settings
-    record = load_model(ctx.model).metadata.training if s.test_frames >= 1 else {}
+    record = ev.model.metadata.training if s.test_frames >= 1 else {}
     if not record.get("split", {}).get("test"):
         o.notes.append("grid convergence on test frames skipped (no test split for this model)")
         return
