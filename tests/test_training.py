@@ -180,6 +180,7 @@ def test_train_command_line(tiny_data, tmp_path):
     argv += ["--model-config", json.dumps(TINY)]
     assert main([*argv, "--guard-short-range"]) == exit_codes.USAGE  # refits: needs --resume
     assert main([*argv, "--device", "gpu"]) == exit_codes.USAGE  # refused before any work
+    assert main([*argv, "--schedule-minutes", "-1"]) == exit_codes.USAGE
     assert not (tmp_path / "checkpoint.pt").exists()
     assert main(argv) == 0
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["train_config"]

@@ -118,6 +118,9 @@ def _main(args: argparse.Namespace) -> int:
         problem = "--fit-three-body refits a trained model: use it with --resume"
     if args.guard_short_range and not args.resume:
         problem = "--guard-short-range refits a trained model: use it with --resume"
+    for name in ("max_minutes", "schedule_minutes"):
+        if getattr(args, name) < 0:
+            problem = f"--{name.replace('_', '-')} {getattr(args, name)}: minutes must be >= 0"
     try:
         model = json.loads(args.model_config)
     except json.JSONDecodeError as err:
