@@ -29,6 +29,7 @@ from tqdm import tqdm
 from .direct_forces import DirectForceHead
 from .evaluator import resolve_device
 from .gas_phase import cut_molecules, dimer_graphs, distorted_graphs, learned_force_msq
+from .growth import grow_state
 from .model import OPTIONAL_BUFFERS, PET, PETConfig, count_parameters
 from .pair import fit_pair_prior
 from .prior_fits import fit_three_body_to_residual, guard_short_range, set_short_range
@@ -46,30 +47,6 @@ from .training_data import (
     read_labelled,
     split_indices,
 )
-
-
-def _grow_edge_readouts(entries: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> bool:
-    """Pad in place the spline edge readouts of a checkpoint trained at a shorter
-    transformer cutoff (fewer spline basis functions: the knots start at the same
-    ``pair_r_min``, so the old ones keep their meaning) to this model's; the new basis
-    functions, beyond the old cutoff, start at zero. True if any was padded."""
-    grown = False
-    for name, value in list(entries.items()):
-        if ".head_edge.fc2." not in name or name not in own:
-            continue
-        target = own[name]
-        if value.shape == target.shape or value.shape[1:] != target.shape[1:]:
-            continue
-        if value.shape[0] > target.shape[0]:
-            raise ValueError(
-                f"{name}: the checkpoint's transformer reads a longer cutoff "
-                f"({value.shape[0]} spline functions, this model {target.shape[0]})"
-            )
-        padded = torch.zeros_like(target)
-        padded[: value.shape[0]] = value
-        entries[name] = padded
-        grown = True
-    return grown
 
 
 def _on_cpu(tree):
@@ -393,7 +370,7 @@ class Trainer:
                     )
                 del entries[pair]
                 refitted.append(pair)
-            grown |= _grow_edge_readouts(entries, own)
+            grown |= grow_state(entries, own)
             result = module.load_state_dict(entries, strict=False)
             missing = [
                 k
@@ -406,7 +383,7 @@ class Trainer:
                     f"checkpoint {path} does not match the model "
                     f"configuration: missing {missing}, unexpected {unexpected}"
                 )
-        if not grown:  # else a fresh optimiser: its moments have the old readouts' shapes
+        if not grown:  # else a fresh optimiser: its moments have the old shapes
             self.optimizer.load_state_dict(state["optimizer"])
         if self.direct_head is not None and "direct_head" in state:
             self.direct_head.load_state_dict(state["direct_head"])

@@ -96,7 +96,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "steps; training only): resume without it for conservative fine-tuning",
     )
     p.add_argument(
-        "--model-config", default="{}", help="JSON PETConfig overrides, e.g. '{\"d_model\": 64}'"
+        "--model-config",
+        default="{}",
+        help="JSON PETConfig overrides, e.g. '{\"d_model\": 64}'; with --resume, a larger "
+        "d_ff, n_transformer_layers or n_mp_layers grows the checkpoint's model without "
+        "changing its energies or forces (symbreak.growth), with a fresh optimiser",
     )
     p.add_argument("--resume", action="store_true", help="continue from workdir/checkpoint.pt")
     p.add_argument(
