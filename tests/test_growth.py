@@ -14,10 +14,9 @@ from symbreak.training_data import collate, predict
 LARGER = {"d_ff": 64, "n_transformer_layers": 2, "n_mp_layers": 3}  # TINY: 32, 1, 2
 
 
-def trained(data, workdir) -> Trainer:
-    first = Trainer(config(data, workdir, epochs=1), progress=False)
-    first.fit()
-    return first
+def trained(data, workdir, model: dict = TINY) -> None:
+    """One epoch of ``model``, checkpointed in ``workdir``."""
+    Trainer(config(data, workdir, epochs=1, model=model), progress=False).fit()
 
 
 def resumed(data, workdir, model: dict, epochs: int = 2) -> Trainer:
@@ -76,8 +75,7 @@ def test_a_smaller_model_is_refused_by_name(tiny_data, tmp_path, change, message
 
 
 def test_fewer_transformer_blocks_are_refused_by_name(tiny_data, tmp_path):  # noqa: F811
-    first = Trainer(config(tiny_data, tmp_path, epochs=1, model=TINY | LARGER), progress=False)
-    first.fit()
+    trained(tiny_data, tmp_path, TINY | LARGER)
     fewer_blocks = TINY | LARGER | {"n_transformer_layers": 1}
     fewer = Trainer(config(tiny_data, tmp_path, epochs=2, model=fewer_blocks), progress=False)
     with pytest.raises(ValueError, match=r"more transformer blocks.*blocks\.1"):

@@ -48,9 +48,7 @@ def grow_edge_readouts(entries: dict[str, torch.Tensor], own: dict[str, torch.Te
                 f"{name}: the checkpoint's transformer reads a longer cutoff "
                 f"({value.shape[0]} spline functions, this model {target.shape[0]})"
             )
-        padded = torch.zeros_like(target)
-        padded[: value.shape[0]] = value
-        entries[name] = padded
+        entries[name] = _padded(value, target, axis=0, zeros=True)
         grown = True
     return grown
 
@@ -72,9 +70,8 @@ def grow_feed_forward(entries: dict[str, torch.Tensor], own: dict[str, torch.Ten
                 f"{name}: the checkpoint's feed-forward nets are wider (d_ff {old}) than "
                 f"this model's ({new}); a narrower model cannot keep what was learned"
             )
-        padded = torch.zeros_like(target) if hidden_axis == 1 else target.clone()
-        padded.narrow(hidden_axis, 0, old).copy_(value)
-        entries[name] = padded
+        # output weights (fc2) get zeros, input weights and biases (fc1) own's
+        entries[name] = _padded(value, target, axis=hidden_axis, zeros=hidden_axis == 1)
         grown = True
     return grown
 
@@ -83,10 +80,8 @@ def grow_depth(entries: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -
     """Add this model's transformer blocks and message-passing layers that the checkpoint
     lacks: new blocks as identities (zero output projections), new layers as they were
     built (their energy heads start at zero)."""
-    old_blocks = {m.group(1) for m in map(_BLOCK.match, entries) if m}
-    old_layers = {m.group(1) for m in map(_LAYER.match, entries) if m}
-    new_blocks = {m.group(1) for m in map(_BLOCK.match, own) if m}
-    new_layers = {m.group(1) for m in map(_LAYER.match, own) if m}
+    old_blocks, old_layers = _prefixes(_BLOCK, entries), _prefixes(_LAYER, entries)
+    new_blocks, new_layers = _prefixes(_BLOCK, own), _prefixes(_LAYER, own)
     for kind, extra in (
         ("message-passing layers (n_mp_layers)", old_layers - new_layers),
         ("transformer blocks (n_transformer_layers)", old_blocks - new_blocks),
@@ -105,9 +100,22 @@ def grow_depth(entries: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -
             entries[name] = torch.zeros_like(value) if name.endswith(_BLOCK_OUTPUTS) else value
             grown = True
         elif layer and layer.group(1) not in old_layers:
-            entries[name] = value.clone()
+            entries[name] = value
             grown = True
     return grown
+
+
+def _padded(value: torch.Tensor, target: torch.Tensor, axis: int, zeros: bool) -> torch.Tensor:
+    """``value`` padded along ``axis`` to ``target``'s shape, the new part zeros or
+    ``target``'s own entries."""
+    padded = torch.zeros_like(target) if zeros else target.clone()
+    padded.narrow(axis, 0, value.shape[axis]).copy_(value)
+    return padded
+
+
+def _prefixes(pattern: re.Pattern, names) -> set[str]:
+    """The layer or block prefixes (``pattern``'s group 1) that ``names`` hold."""
+    return {m.group(1) for m in map(pattern.match, names) if m}
 
 
 def grow_state(entries: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> bool:
