@@ -22,10 +22,9 @@ import argparse
 
 import numpy as np
 import torch
-from ase.neighborlist import neighbor_list
 
 from symbreak import load_model
-from symbreak.analysis.molecules import find_waters
+from symbreak.analysis.molecules import water_frame_class
 from symbreak.ase import SymbreakCalculator
 from symbreak.training_data import read_labelled
 
@@ -34,15 +33,7 @@ CLASSES = ("intact", "ions", "H2", "all")
 
 def classify(atoms) -> str:
     """``intact``, ``ions`` or ``H2`` (see the module docstring)."""
-    i, j = neighbor_list("ij", atoms, 1.0)
-    z = atoms.numbers
-    if np.any((z[i] == 1) & (z[j] == 1)):
-        return "H2"
-    try:
-        find_waters(atoms.get_chemical_symbols(), atoms.positions, atoms.cell.array, atoms.pbc)
-    except ValueError:
-        return "ions"
-    return "intact"
+    return water_frame_class(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
 
 
 def errors(model: str, frames: list) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -3,7 +3,9 @@
     python scripts/plot_learning_curve.py training/water-revpbe0d3/history.jsonl
 
 Writes ``learning_curve.png`` next to the history: validation force MAE (meV/Å) and energy
-MAE (meV/atom) against optimiser steps, with the learning rate on a log scale below.
+MAE (meV/atom) against optimiser steps, with the learning rate on a log scale below. Where
+the history has them, the force MAE per chemistry of the validation frames (intact water,
+ions, H2) is drawn dashed.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ def main() -> None:
     fig, (ax_f, ax_lr) = plt.subplots(
         2, 1, figsize=(7, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
-    ax_f.plot(steps, [r["val_force_mae_meV_A"] for r in rows], color="C0")
+    ax_f.plot(steps, [r["val_force_mae_meV_A"] for r in rows], color="C0", label="all")
+    for kind, style in zip(("intact", "ions", "H2"), (":", "--", "-."), strict=True):
+        key = f"val_{kind}_force_mae_meV_A"
+        mine = [r for r in rows if key in r]
+        if mine:
+            ax_f.plot([r["step"] for r in mine], [r[key] for r in mine], "C0" + style, label=kind)
+    if any("val_intact_force_mae_meV_A" in r for r in rows):
+        ax_f.legend(loc="upper right", title="validation frames", fontsize=8)
     ax_f.set_ylabel("validation force MAE (meV/Å)", color="C0")
     ax_e = ax_f.twinx()
     ax_e.plot(steps, [r["val_energy_mae_meV_atom"] for r in rows], color="C1")

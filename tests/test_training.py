@@ -434,3 +434,12 @@ def test_cuda_steps_follow_the_cpu_steps(tiny_data, tmp_path):
     assert resumed.epoch == 3
     model = torch.jit.load(str(tmp_path / "cuda" / "model.pt"))
     assert all(t.device.type == "cpu" for t in model.state_dict().values())
+
+
+def test_epoch_line_names_validation_errors_per_chemistry():
+    from symbreak.training import by_kind
+
+    record = {"val_force_mae_meV_A": 79.8, "val_H2_force_mae_meV_A": 204.7}
+    assert by_kind(record) == ""  # one chemistry: the overall number says it
+    record |= {"val_intact_force_mae_meV_A": 62.94, "val_ions_force_mae_meV_A": 56.1}
+    assert by_kind(record) == " (intact 62.9, ions 56.1, H2 204.7)"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .analysis.molecules import water_frame_class
 from .direct_forces import DirectForceHead
 from .graph import Graph, build_graph
 from .model import PET, atom_forces
@@ -24,6 +25,7 @@ class Sample:
     graph: Graph
     energy: float  # eV
     forces: np.ndarray  # [N, 3] eV/Å
+    kind: str | None = None  # water_frame_class: "intact", "ions", "H2"; None if not water
 
 
 def file_fingerprint(path: str | Path) -> str:
@@ -50,6 +52,7 @@ def make_samples(frames: list, species: list[int], cutoff: float) -> list[Sample
             build_graph(a.numbers, a.positions, a.cell.array, a.pbc, cutoff, species),
             float(a.get_potential_energy()),
             np.asarray(a.get_forces(), dtype=np.float64),
+            water_frame_class(a.numbers, a.positions, a.cell.array, a.pbc),
         )
         for a in frames
     ]
@@ -154,7 +157,11 @@ def evaluate(
     model: PET, samples: list[Sample], batch_size: int = 4, head: DirectForceHead | None = None
 ) -> dict[str, float]:
     """Energy MAE/RMSE (meV/atom) and force MAE/RMSE (meV/Å) on unrotated samples; with a
-    direct force ``head``, of its forces. Runs where the model's tensors are."""
+    direct force ``head``, of its forces. Runs where the model's tensors are.
+
+    For frames of water, also ``{kind}_energy_mae_meV_atom`` and ``{kind}_force_mae_meV_A``
+    per chemistry present (:func:`~symbreak.analysis.molecules.water_frame_class`): one
+    unusual frame (an H2 molecule) can dominate the overall numbers of a small split."""
     e_err, f_err = [], []
     device = model.baseline.device
     for start in range(0, len(samples), batch_size):
@@ -162,9 +169,22 @@ def evaluate(
         batch = collate(chunk, None).to(device)
         energy, forces = predict(model, batch, create_graph=False, head=head)
         e_err.append(((energy.detach().double() - batch.energy) / batch.n_atoms).cpu().numpy())
-        f_err.append((forces.detach() - batch.forces).double().cpu().numpy().ravel())
+        per_atom = (forces.detach() - batch.forces).double().cpu().numpy()
+        f_err.extend(np.split(per_atom, np.cumsum(batch.n_atoms.cpu().numpy())[:-1]))
     e = np.concatenate(e_err) * 1e3
-    f = np.concatenate(f_err) * 1e3
+    f = [1e3 * x.ravel() for x in f_err]
+    metrics = _errors(e, np.concatenate(f))
+    kinds = [s.kind for s in samples]
+    for kind in dict.fromkeys(k for k in kinds if k is not None):
+        mine = [k == kind for k in kinds]
+        part = _errors(e[mine], np.concatenate([x for x, m in zip(f, mine, strict=True) if m]))
+        metrics[f"{kind}_energy_mae_meV_atom"] = part["energy_mae_meV_atom"]
+        metrics[f"{kind}_force_mae_meV_A"] = part["force_mae_meV_A"]
+    return metrics
+
+
+def _errors(e: np.ndarray, f: np.ndarray) -> dict[str, float]:
+    """Summary of energy errors e [F] (meV/atom) and force components f [3N] (meV/Å)."""
     return {
         "energy_mae_meV_atom": float(np.abs(e).mean()),
         "energy_rmse_meV_atom": float(np.sqrt((e**2).mean())),

@@ -11,6 +11,7 @@ from symbreak.analysis.molecules import (
     minimum_image,
     perpendicular_widths,
     unwrap,
+    water_frame_class,
     water_geometry,
 )
 
@@ -111,3 +112,39 @@ def test_unwrap_recovers_continuous_paths_fixed_and_fluctuating_cell():
     expected = np.diff(x, axis=0) - np.einsum("fni,fij->fnj", n[:-1], np.diff(cells, axis=0))
     np.testing.assert_allclose(np.diff(u, axis=0), expected, atol=1e-9)
     assert np.abs(np.diff(u, axis=0) - np.diff(x, axis=0)).max() < 0.1
+
+
+def _lattice_water(seed=0):
+    """8 intact molecules on a 3.4 Å lattice in a 6.8 Å periodic box, order O, H, H."""
+    rng = np.random.default_rng(seed)
+    cell = np.eye(3) * 6.8
+    centres = cubic_lattice(2, 3.4) + 0.5
+    x = waters(centres, random_rotations(8, rng))
+    return np.array([8, 1, 1] * 8), x, cell
+
+
+def test_water_frame_class_by_construction():
+    numbers, x, cell = _lattice_water()
+    pbc = (True, True, True)
+    assert water_frame_class(numbers, x, cell, pbc) == "intact"
+
+    # a proton of molecule 0 moved to molecule 1's O, opposite its H: OH⁻ + H₃O⁺
+    ions = x.copy()
+    bisector = x[4] + x[5] - 2 * x[3]
+    ions[1] = x[3] - 1.0 * bisector / np.linalg.norm(bisector)
+    assert water_frame_class(numbers, ions, cell, pbc) == "ions"
+    # a stretched proton (1.45 Å from its O, no other O near): not intact either
+    stretched = x.copy()
+    stretched[1] = x[0] + 1.45 * (x[1] - x[0]) / np.linalg.norm(x[1] - x[0])
+    assert water_frame_class(numbers, stretched, cell, pbc) == "ions"
+
+    # two H of different molecules 0.74 Å apart, through the periodic boundary
+    h2 = x.copy()
+    h2[4] = h2[1] + np.array([0.74, 0.0, 0.0]) + cell[0]
+    assert water_frame_class(numbers, h2, cell, pbc) == "H2"
+    # the same H far apart without periodicity is no longer H2
+    assert water_frame_class(numbers, h2, cell, (False, False, False)) == "ions"
+
+    # not water: another element, or no O
+    assert water_frame_class(np.r_[numbers[:-1], 11], x, cell, pbc) is None
+    assert water_frame_class(np.ones(len(x), dtype=int), x, cell, pbc) is None

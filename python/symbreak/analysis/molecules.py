@@ -111,6 +111,33 @@ def find_waters(
     return np.column_stack([io, np.sort(hs, axis=1)])
 
 
+WATER_FRAME_CLASSES = ("intact", "ions", "H2")
+
+
+def water_frame_class(numbers, positions: np.ndarray, cell: np.ndarray, pbc) -> str | None:
+    """Chemistry of one frame of water: ``"intact"`` (:func:`find_waters` succeeds: every H
+    within 1.35 Å of its nearest O, every O with two H), ``"H2"`` (some H–H pair closer
+    than 1.0 Å: molecular hydrogen) or ``"ions"`` (otherwise: OH⁻/H₃O⁺, shared or
+    stretched protons). None for a frame with atoms other than O and H, or no O.
+
+    positions (N, 3) Å, cell (3, 3) rows Å, pbc (3,)."""
+    from ase import Atoms
+    from ase.neighborlist import neighbor_list
+
+    numbers = np.asarray(numbers)
+    if not np.isin(numbers, (1, 8)).all() or not (numbers == 8).any():
+        return None
+    atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
+    i, j = neighbor_list("ij", atoms, 1.0)
+    if np.any((numbers[i] == 1) & (numbers[j] == 1)):
+        return "H2"
+    try:
+        find_waters(atoms.get_chemical_symbols(), atoms.positions, atoms.cell.array, atoms.pbc)
+    except ValueError:
+        return "ions"
+    return "intact"
+
+
 @dataclass
 class WaterGeometry:
     """Per-frame molecular quantities.
