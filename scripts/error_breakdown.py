@@ -24,16 +24,11 @@ import numpy as np
 import torch
 
 from symbreak import load_model
-from symbreak.analysis.molecules import water_frame_class
+from symbreak.analysis.molecules import WATER_FRAME_CLASSES, water_frame_class
 from symbreak.ase import SymbreakCalculator
 from symbreak.training_data import read_labelled
 
-CLASSES = ("intact", "ions", "H2", "all")
-
-
-def classify(atoms) -> str:
-    """``intact``, ``ions`` or ``H2`` (see the module docstring)."""
-    return water_frame_class(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+CLASSES = (*WATER_FRAME_CLASSES, "all")
 
 
 def errors(model: str, frames: list) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -60,9 +55,11 @@ def main() -> None:
     indices = load_model(args.models[0]).metadata.training["split"][args.split]
     all_frames = read_labelled(args.data)
     frames = [all_frames[k] for k in indices]
-    classes = np.array([classify(a) for a in frames])
+    classes = np.array(
+        [water_frame_class(a.numbers, a.positions, a.cell.array, a.pbc) for a in frames]
+    )
     print(f"{args.split} frames of {args.data}:")
-    for c in CLASSES[:-1]:
+    for c in WATER_FRAME_CLASSES:
         members = np.array(indices)[classes == c]
         print(f"  {c:7s} {len(members):3d}: {', '.join(map(str, members))}")
     header = (

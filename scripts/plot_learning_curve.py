@@ -19,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from symbreak.analysis.molecules import WATER_FRAME_CLASSES  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,12 +35,14 @@ def main() -> None:
         2, 1, figsize=(7, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     ax_f.plot(steps, [r["val_force_mae_meV_A"] for r in rows], color="C0", label="all")
-    for kind, style in zip(("intact", "ions", "H2"), (":", "--", "-."), strict=True):
+    drawn = False
+    for kind, style in zip(WATER_FRAME_CLASSES, (":", "--", "-."), strict=True):
         key = f"val_{kind}_force_mae_meV_A"
         mine = [r for r in rows if key in r]
         if mine:
             ax_f.plot([r["step"] for r in mine], [r[key] for r in mine], "C0" + style, label=kind)
-    if any("val_intact_force_mae_meV_A" in r for r in rows):
+            drawn = True
+    if drawn:
         ax_f.legend(loc="upper right", title="validation frames", fontsize=8)
     ax_f.set_ylabel("validation force MAE (meV/Å)", color="C0")
     ax_e = ax_f.twinx()
