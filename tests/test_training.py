@@ -177,10 +177,12 @@ def test_train_command_line(tiny_data, tmp_path):
     argv += ["--train-pair", "--force-loss", "huber", "--huber-delta", "0.2"]
     argv += ["--gas-weight", "0.5", "--gas-molecules", "4", "--gas-noise", "0.03"]
     argv += ["--gas-dimers", "2", "--pair-smoothing", "1e-3", "--pair-monotone-quantile", "0.02"]
+    argv += ["--defect-weight", "2.5", "--defect-radius", "2.8"]
     argv += ["--model-config", json.dumps(TINY)]
     assert main([*argv, "--guard-short-range"]) == exit_codes.USAGE  # refits: needs --resume
     assert main([*argv, "--device", "gpu"]) == exit_codes.USAGE  # refused before any work
     assert main([*argv, "--schedule-minutes", "-1"]) == exit_codes.USAGE
+    assert main([*argv, "--defect-weight", "0"]) == exit_codes.USAGE
     assert not (tmp_path / "checkpoint.pt").exists()
     assert main(argv) == 0
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["train_config"]
@@ -188,6 +190,7 @@ def test_train_command_line(tiny_data, tmp_path):
     assert saved["pair_monotone_quantile"] == 0.02
     assert saved["train_pair"] is True and saved["force_loss"] == "huber"
     assert saved["huber_delta"] == 0.2 and saved["model"] == TINY
+    assert (saved["defect_weight"], saved["defect_radius"]) == (2.5, 2.8)
     assert (saved["gas_weight"], saved["gas_molecules"], saved["gas_noise"]) == (0.5, 4, 0.03)
     assert out.is_file() and out.with_suffix(".metrics.json").is_file()
 
@@ -443,3 +446,29 @@ def test_epoch_line_names_validation_errors_per_chemistry():
     assert by_kind(record) == ""  # one chemistry: the overall number says it
     record |= {"val_intact_force_mae_meV_A": 62.94, "val_ions_force_mae_meV_A": 56.1}
     assert by_kind(record) == " (intact 62.9, ions 56.1, H2 204.7)"
+
+
+def test_force_loss_is_the_weighted_mean_over_atoms():
+    from symbreak.training import force_loss
+
+    rng = np.random.default_rng(0)
+    f, ref = rng.normal(size=(2, 7, 3))
+    w = rng.uniform(0.5, 3.0, size=7)
+    t = [torch.from_numpy(v) for v in (f, ref, w)]
+    err = f - ref
+    expect = (w[:, None] * err**2).sum() / (3 * w.sum())
+    assert force_loss(*t).item() == pytest.approx(expect, rel=1e-12)
+    delta = 0.3
+    huber = np.where(np.abs(err) < delta, err**2, 2 * delta * np.abs(err) - delta**2)
+    expect = (w[:, None] * huber).sum() / (3 * w.sum())
+    assert force_loss(*t, "huber", delta).item() == pytest.approx(expect, rel=1e-12)
+    ones = torch.ones(7, dtype=torch.float64)
+    assert force_loss(t[0], t[1], ones).item() == pytest.approx((err**2).mean(), rel=1e-12)
+
+
+def test_defect_weight_needs_defects_in_the_training_frames(tmp_path):
+    intact = tmp_path / "intact.xyz"
+    frames = ase.io.read(DATA / "water_revpbe0d3_160.xyz", ":6")
+    ase.io.write(intact, [frames[k] for k in (0, 2, 3, 4, 5)])
+    with pytest.raises(ValueError, match=r"intact\.xyz: --defect-weight 3.0: no training frame"):
+        Trainer(config(intact, tmp_path / "w", defect_weight=3.0), progress=False)

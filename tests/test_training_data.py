@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import DATA, tiny_pet
+from symbreak.analysis.molecules import near_defects
 from symbreak.training_data import collate, evaluate, make_samples, predict
 
 
@@ -62,3 +63,23 @@ def test_frames_not_of_water_have_no_per_chemistry_errors(model_and_samples):
         "energy_mean_error_meV_atom",
     }
     assert metrics["force_mae_meV_A"] == evaluate(model, samples[:4])["force_mae_meV_A"]
+
+
+def test_defect_weights_follow_the_atoms_into_batches():
+    """Per-atom force-loss weights: the defect weight on atoms near a defect O, 1 elsewhere
+    (intact frames all 1), carried atom for atom into a rotated batch."""
+    frames = ase.io.read(DATA / "water_revpbe0d3_160.xyz", ":6")
+    samples = make_samples(frames, [1, 8], 4.0, defect_weight=3.0, defect_radius=2.5)
+    for a, s in zip(frames, samples, strict=True):
+        mask = near_defects(a.numbers, a.positions, a.cell.array, a.pbc, 2.5)
+        np.testing.assert_array_equal(s.force_weight, np.where(mask, 3.0, 1.0))
+        assert mask.any() == (s.kind == "ions")
+    plain = make_samples(frames[:2], [1, 8], 4.0)
+    assert all(s.force_weight is None for s in plain)
+    rng = np.random.default_rng(0)
+    rot = np.linalg.qr(rng.normal(size=(3, 3, 3)))[0]
+    batch = collate([samples[1], plain[0], samples[0]], rot)
+    expect = np.concatenate(
+        [samples[1].force_weight, np.ones(len(frames[0])), samples[0].force_weight]
+    )
+    np.testing.assert_array_equal(batch.force_weight.numpy(), expect)

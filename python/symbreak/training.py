@@ -61,6 +61,26 @@ def _on_cpu(tree):
     return tree
 
 
+def force_loss(
+    forces: torch.Tensor,
+    reference: torch.Tensor,
+    weight: torch.Tensor,
+    kind: str = "mse",
+    huber_delta: float = 0.1,
+) -> torch.Tensor:
+    """The force loss: per component the squared error ("mse") or twice the Huber loss
+    ("huber": the same below ``huber_delta`` eV/Å, linear above), averaged over atoms with
+    the per-atom ``weight`` [N] (all 1: the plain mean). forces, reference [N, 3] eV/Å."""
+    if kind == "huber":
+        per = 2.0 * torch.nn.functional.huber_loss(
+            forces, reference, reduction="none", delta=huber_delta
+        )
+    else:
+        per = (forces - reference) ** 2
+    w = weight[:, None].to(per.dtype)
+    return (per * w).sum() / (per.shape[1] * w.sum())
+
+
 def by_kind(record: dict) -> str:
     """`` (intact 62.9, ions 56.1, H2 204.7)``: the validation force MAE (meV/Å) per
     chemistry of water frames, when the validation frames hold more than one."""
@@ -89,11 +109,21 @@ class Trainer:
         frames = read_labelled(cfg.data)
         species = sorted({int(z) for a in frames for z in a.numbers})
         self.model_cfg = PETConfig(species=species, **cfg.model)
-        samples = make_samples(frames, species, self.model_cfg.cutoff)
+        samples = make_samples(
+            frames, species, self.model_cfg.cutoff, cfg.defect_weight, cfg.defect_radius
+        )
         self.split = split_indices(len(samples), cfg.n_test, cfg.n_val, cfg.seed)
         self.train = [samples[k] for k in self.split["train"]]
         self.val = [samples[k] for k in self.split["val"]]
         self.test = [samples[k] for k in self.split["test"]]
+        if cfg.defect_weight != 1.0 and not any(
+            (s.force_weight != 1.0).any() for s in self.train if s.force_weight is not None
+        ):
+            raise ValueError(
+                f"{cfg.data}: --defect-weight {cfg.defect_weight}: no training frame has an "
+                f"atom within {cfg.defect_radius} Å of a defect O of water (an O nearest to "
+                "other than two H)"
+            )
         self.gas_molecules = []
         if cfg.gas_weight > 0:
             self.gas_molecules = cut_molecules([frames[k] for k in self.split["train"]])
@@ -229,14 +259,10 @@ class Trainer:
             forces = forces.float()  # the losses in float32 either way
             force_mse = ((forces - batch.forces) ** 2).mean()
             energy_mse = (((energy - batch.energy) / batch.n_atoms) ** 2).mean()
-            if cfg.force_loss == "huber":
-                # ×2: the same as the MSE for errors below δ
-                force_loss = 2.0 * torch.nn.functional.huber_loss(
-                    forces, batch.forces, delta=cfg.huber_delta
-                )
-            else:
-                force_loss = force_mse
-            data_loss = force_loss + w_energy * energy_mse
+            f_loss = force_loss(
+                forces, batch.forces, batch.force_weight, cfg.force_loss, cfg.huber_delta
+            )
+            data_loss = f_loss + w_energy * energy_mse
             loss = data_loss + cfg.gas_weight * gas.float()
             optimizers = self._optimizers()
             for optimizer in optimizers:

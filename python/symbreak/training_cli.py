@@ -25,6 +25,9 @@ _HELP = {
     "of each species pair's distances in the data",
     "schedule_minutes": "set the last epoch from the measured epoch time so that the "
     "schedule ends and the model is exported within this many minutes (0: --epochs)",
+    "defect_weight": "weight in the force loss of the atoms within --defect-radius Å of a "
+    "defect O of water (an O nearest to other than two H), the other atoms 1 (1: off)",
+    "defect_radius": "radius (Å) around a defect O for --defect-weight",
     "pair_smoothing": "curvature penalty of the pair prior's fit (eV^2/Å^3 per force component)",
 }
 
@@ -46,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ema_decay", "energy_weight_start", "energy_weight_end", "energy_weight_ramp",
         "threads", "max_minutes", "schedule_minutes", "huber_delta", "spike_factor", "gas_weight",
         "gas_molecules", "gas_noise", "gas_dimers", "pair_monotone_quantile",
-        "pair_smoothing",
+        "pair_smoothing", "defect_weight", "defect_radius",
     ):  # fmt: skip
         value = getattr(defaults, name)
         p.add_argument(
@@ -122,6 +125,9 @@ def _main(args: argparse.Namespace) -> int:
         problem = "--fit-three-body refits a trained model: use it with --resume"
     if args.guard_short_range and not args.resume:
         problem = "--guard-short-range refits a trained model: use it with --resume"
+    for name in ("defect_weight", "defect_radius"):
+        if not getattr(args, name) > 0:
+            problem = f"--{name.replace('_', '-')} {getattr(args, name)}: must be > 0"
     for name in ("max_minutes", "schedule_minutes"):
         if getattr(args, name) < 0:
             problem = f"--{name.replace('_', '-')} {getattr(args, name)}: minutes must be >= 0"

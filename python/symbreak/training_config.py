@@ -44,6 +44,11 @@ class TrainConfig:
     # linear above: large errors of rare stretched bonds weigh less; the goal is an MAE).
     force_loss: str = "mse"
     huber_delta: float = 0.1
+    # Weight in the force loss of the atoms within defect_radius Å of a defect O of water
+    # (an O nearest to other than two H: OH⁻, H₃O⁺, shared protons; symbreak.analysis.
+    # molecules.near_defects), the other atoms 1; the loss is the weighted mean. 1: off.
+    defect_weight: float = 1.0
+    defect_radius: float = 3.0
     # "bf16": the training steps' matrix products in bfloat16 (torch.autocast on CPU; forces
     # ~10 meV/Å RMS from float32); validation, test metrics and the exported model stay
     # float32. Measured on Zen 4 (AVX-512 BF16): steps 1.38x faster on 1 thread, but epochs

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .analysis.molecules import water_frame_class
+from .analysis.molecules import near_defects, water_frame_class
 from .direct_forces import DirectForceHead
 from .graph import Graph, build_graph
 from .model import PET, atom_forces
@@ -26,6 +26,7 @@ class Sample:
     energy: float  # eV
     forces: np.ndarray  # [N, 3] eV/Å
     kind: str | None = None  # water_frame_class: "intact", "ions", "H2"; None if not water
+    force_weight: np.ndarray | None = None  # [N] per-atom weight in the force loss; None: 1
 
 
 def file_fingerprint(path: str | Path) -> str:
@@ -46,16 +47,32 @@ def read_labelled(path: str | Path) -> list:
     return frames
 
 
-def make_samples(frames: list, species: list[int], cutoff: float) -> list[Sample]:
-    return [
-        Sample(
-            build_graph(a.numbers, a.positions, a.cell.array, a.pbc, cutoff, species),
-            float(a.get_potential_energy()),
-            np.asarray(a.get_forces(), dtype=np.float64),
-            water_frame_class(a.numbers, a.positions, a.cell.array, a.pbc),
+def make_samples(
+    frames: list,
+    species: list[int],
+    cutoff: float,
+    defect_weight: float = 1.0,
+    defect_radius: float = 3.0,
+) -> list[Sample]:
+    """Samples of labelled frames; with ``defect_weight`` != 1, the atoms within
+    ``defect_radius`` Å of a defect O of water (:func:`near_defects`) get that weight in
+    the force loss, the others 1."""
+    samples = []
+    for a in frames:
+        weight = None
+        if defect_weight != 1.0:
+            mask = near_defects(a.numbers, a.positions, a.cell.array, a.pbc, defect_radius)
+            weight = np.where(mask, defect_weight, 1.0)
+        samples.append(
+            Sample(
+                build_graph(a.numbers, a.positions, a.cell.array, a.pbc, cutoff, species),
+                float(a.get_potential_energy()),
+                np.asarray(a.get_forces(), dtype=np.float64),
+                water_frame_class(a.numbers, a.positions, a.cell.array, a.pbc),
+                weight,
+            )
         )
-        for a in frames
-    ]
+    return samples
 
 
 def split_indices(n: int, n_test: int, n_val: int, seed: int) -> dict[str, list[int]]:
@@ -85,6 +102,7 @@ class Batch:
     n_atoms: torch.Tensor  # [B]
     energy: torch.Tensor  # [B] eV
     forces: torch.Tensor  # [N, 3] eV/Å
+    force_weight: torch.Tensor  # [N] per-atom weight in the force loss
 
     def to(self, device: torch.device) -> Batch:
         """The same batch with every tensor on ``device``."""
@@ -94,6 +112,7 @@ class Batch:
 def collate(samples: list[Sample], rotations: np.ndarray | None, dtype=torch.float32) -> Batch:
     """Pack structures into one graph; ``rotations`` [B,3,3] rotate vectors and forces."""
     species, centers, neighbors, vectors, reverse, structure, forces = [], [], [], [], [], [], []
+    weights = []
     atom_offset = edge_offset = 0
     for b, s in enumerate(samples):
         g = s.graph
@@ -106,6 +125,7 @@ def collate(samples: list[Sample], rotations: np.ndarray | None, dtype=torch.flo
         reverse.append(g.reverse + edge_offset)
         vectors.append(vec)
         forces.append(frc)
+        weights.append(np.ones(g.n_atoms) if s.force_weight is None else s.force_weight)
         structure.append(np.full(g.n_atoms, b))
         atom_offset += g.n_atoms
         edge_offset += len(g.centers)
@@ -123,6 +143,7 @@ def collate(samples: list[Sample], rotations: np.ndarray | None, dtype=torch.flo
         torch.tensor([s.graph.n_atoms for s in samples]),
         torch.tensor([s.energy for s in samples], dtype=torch.float64),
         cat(forces, dtype),
+        cat(weights, dtype),
     )
 
 

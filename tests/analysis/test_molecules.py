@@ -9,6 +9,7 @@ from symbreak.analysis.molecules import (
     MASS_O,
     find_waters,
     minimum_image,
+    near_defects,
     perpendicular_widths,
     unwrap,
     water_frame_class,
@@ -148,3 +149,32 @@ def test_water_frame_class_by_construction():
     # not water: another element, or no O
     assert water_frame_class(np.r_[numbers[:-1], 11], x, cell, pbc) is None
     assert water_frame_class(np.ones(len(x), dtype=int), x, cell, pbc) is None
+
+
+def test_near_defects_by_construction():
+    """Atoms near a defect O, against brute-force minimum-image distances from ASE."""
+    from ase.geometry import get_distances
+
+    numbers, x, cell = _lattice_water()
+    pbc = (True, True, True)
+    assert not near_defects(numbers, x, cell, pbc).any()  # intact water has none
+
+    # a proton of molecule 0 moved to molecule 1's O: OH⁻ at O 0, H₃O⁺ at O 3
+    ions = x.copy()
+    bisector = x[4] + x[5] - 2 * x[3]
+    ions[1] = x[3] - 1.0 * bisector / np.linalg.norm(bisector)
+    for radius in (0.5, 2.0, 3.0):
+        _, r = get_distances(ions[[0, 3]], ions, cell=cell, pbc=pbc)
+        expect = (r <= radius).any(axis=0)
+        mask = near_defects(numbers, ions, cell, pbc, radius)
+        np.testing.assert_array_equal(mask, expect)
+        assert mask[[0, 3]].all() and 0 < mask.sum() < len(x)
+    # the mask follows the atoms, whatever their order
+    perm = np.random.default_rng(1).permutation(len(x))
+    np.testing.assert_array_equal(
+        near_defects(numbers[perm], ions[perm], cell, pbc, 3.0),
+        near_defects(numbers, ions, cell, pbc, 3.0)[perm],
+    )
+    # no O or no H: nothing to call a defect
+    assert not near_defects(np.ones(len(x), dtype=int), x, cell, pbc).any()
+    assert not near_defects(np.full(len(x), 8), x, cell, pbc).any()

@@ -10,7 +10,8 @@ module              concept
                     :func:`~.io.read_extras`, :func:`~.io.load_trajectory`)
 ``units``           analysis units (Å, ps, eV, amu) and i-PI unit labels
 ``stats``           :func:`~.stats.block_average`, :func:`~.stats.linear_fit`
-``molecules``       water molecules by distance, COM, bisector, unwrapping
+``molecules``       water molecules by distance, COM, bisector, unwrapping; the
+                    chemistry of a frame (intact, ions, H2) and atoms near its defects
 ``angular``         L(t) about the COM, its drift; torque τ = Σ (x − x_com) × F
 ``spectrum``        power spectra (Welch / periodogram, THz or cm⁻¹)
 ``orientation``     lab-frame F(cos θ, φ) of the dipole direction in k_B T

@@ -62,6 +62,22 @@ def perpendicular_widths(cell: np.ndarray) -> np.ndarray:
     )
 
 
+def _nearest_oxygens(
+    x: np.ndarray, io: np.ndarray, ih: np.ndarray, cell: np.ndarray, pbc
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each H (indices ``ih`` into positions x (N, 3) Å), the position in ``io`` of
+    its nearest O and the distance to it (Å), by minimum image."""
+    nearest = np.empty(len(ih), dtype=np.int64)
+    dist = np.empty(len(ih))
+    chunk = max(1, 2_000_000 // max(len(io), 1))
+    for a in range(0, len(ih), chunk):
+        d = minimum_image(x[io][None, :, :] - x[ih[a : a + chunk], None, :], cell, pbc)
+        r = np.linalg.norm(d, axis=-1)
+        nearest[a : a + chunk] = np.argmin(r, axis=1)
+        dist[a : a + chunk] = r[np.arange(r.shape[0]), nearest[a : a + chunk]]
+    return nearest, dist
+
+
 def find_waters(
     symbols,
     positions: np.ndarray,
@@ -88,14 +104,7 @@ def find_waters(
     if len(ih) != 2 * len(io):
         raise ValueError(f"{len(ih)} H for {len(io)} O: not neutral water")
     cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
-    nearest = np.empty(len(ih), dtype=np.int64)
-    dist = np.empty(len(ih))
-    chunk = max(1, 2_000_000 // max(len(io), 1))
-    for a in range(0, len(ih), chunk):
-        d = minimum_image(x[io][None, :, :] - x[ih[a : a + chunk], None, :], cell, pbc)
-        r = np.linalg.norm(d, axis=-1)
-        nearest[a : a + chunk] = np.argmin(r, axis=1)
-        dist[a : a + chunk] = r[np.arange(r.shape[0]), nearest[a : a + chunk]]
+    nearest, dist = _nearest_oxygens(x, io, ih, cell, pbc)
     if dist.max() > max_oh:
         k = int(np.argmax(dist))
         raise ValueError(f"H atom {ih[k]} is {dist[k]:.2f} Å from its nearest O (> {max_oh} Å)")
@@ -112,6 +121,29 @@ def find_waters(
 
 
 WATER_FRAME_CLASSES = ("intact", "ions", "H2")
+
+
+def near_defects(
+    numbers, positions: np.ndarray, cell: np.ndarray, pbc, radius: float = 3.0
+) -> np.ndarray:
+    """Atoms (N,) bool within ``radius`` Å (minimum image) of a defect O, the defect O
+    included: an O that is the nearest O of other than two H (OH⁻, H₃O⁺, a bare O, the O
+    a proton is shared with). All False for intact water and for frames without O or H.
+
+    positions (N, 3) Å, cell (3, 3) rows Å, pbc (3,)."""
+    numbers = np.asarray(numbers)
+    x = np.asarray(positions, dtype=np.float64)
+    cell = np.asarray(cell, dtype=np.float64)
+    io, ih = np.nonzero(numbers == 8)[0], np.nonzero(numbers == 1)[0]
+    mask = np.zeros(len(numbers), dtype=bool)
+    if len(io) == 0 or len(ih) == 0:
+        return mask
+    nearest, _ = _nearest_oxygens(x, io, ih, cell, pbc)
+    defects = io[np.bincount(nearest, minlength=len(io)) != 2]
+    for o in defects:
+        r = np.linalg.norm(minimum_image(x - x[o], cell, pbc), axis=1)
+        mask |= r <= radius
+    return mask
 
 
 def water_frame_class(numbers, positions: np.ndarray, cell: np.ndarray, pbc) -> str | None:
