@@ -11,7 +11,10 @@ study's.
 ==================  ==================================================================
 module              concept
 ==================  ==================================================================
-``experiments``     settings (quick / full), one function per experiment
+``experiments``     the registry of experiments; runs one, records its outcome
+``context``         settings (quick / full), the run context, shared run analyses
+``gas_phase``       1. molecule NVE (angular momentum, torque), 2. molecule NVT
+``condensed``       3. liquid, 4. ice Ih, 5. PIMD
 ``inputs``          the shipped i-PI inputs edited per run; one launcher call per run
 ``report``          tables (ours next to the study's), markdown, comparison plots
 ``cli``             ``symbreak reproduce [--quick] [--out DIR] [--threads N]``
