@@ -1,13 +1,17 @@
-"""Fixtures for the engine tests: short private socket prefixes, threaded clients."""
+"""Fixtures for the engine tests: short private socket prefixes, threaded clients; the
+LAMMPS plugin and tiny exported models."""
 
 from __future__ import annotations
 
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 from ipi_helpers import short_tmpdir
+from lammps_helpers import export_tiny
 
+from symbreak.engines import lammps as sb_lammps
 from symbreak.engines.ipi_client import IPIClient
 
 
@@ -59,3 +63,24 @@ def threaded_client():
             tc.client.stop()
         for tc in started:
             tc.thread.join(5.0)
+
+
+@pytest.fixture(scope="module")
+def plugin() -> Path:
+    try:
+        return sb_lammps.plugin_path()
+    except FileNotFoundError as err:
+        pytest.fail(f"the LAMMPS plugin is a required part of symbreak: {err}")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """tiny random PETs (2 message-passing layers, cutoff 3.5 A): 'f32' as exported by
+    default, 'f64' exported after model.double(), 'gentle' with energies x 0.05 (smooth
+    enough for 0.25 fs NVE without heating to thousands of kelvin)."""
+    d = tmp_path_factory.mktemp("models")
+    return {
+        "f32": export_tiny(d / "tiny_f32.pt"),
+        "f64": export_tiny(d / "tiny_f64.pt", double=True),
+        "gentle": export_tiny(d / "tiny_gentle.pt", energy_scale=0.05),
+    }

@@ -8,7 +8,7 @@ TorchScript classes, the model's extensions). The model is the raw-vector test m
 ``tests/metatomic_models.py`` (not equivariant, float64, a full and a half neighbour list).
 The reference is :class:`symbreak.evaluator.Evaluator` on the wrapped file, on the positions
 and cell LAMMPS used; LAMMPS runs on one rank (mode images and mode ghosts) and on two ranks
-(ghosts), every run bounded in time (see test_lammps.run_lammps).
+(ghosts), every run bounded in time (see lammps_helpers.run_lammps).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from metatomic_models import save_model
-from test_lammps import (
+from lammps_helpers import (
     assert_matches,
     differences,
     evaluate,
@@ -32,6 +31,7 @@ from test_lammps import (
     water_triclinic,
     write_data,
 )
+from metatomic_models import save_model
 
 from symbreak.engines import lammps as sb_lammps
 from symbreak.export import reexport_model
@@ -92,7 +92,7 @@ AGREEMENT = [
 def test_one_and_two_ranks_match_python(tmp_path, plugin, models, options, policy, n_rot, kind):
     """Triclinic water (192 atoms), float64: one rank (mode images, mode ghosts) and two ranks
     give the Python evaluator's energy, forces and virial to 1e-8 (relative), and its per-atom
-    energies, torque and spreads (test_lammps.assert_matches, float64). Prints the
+    energies, torque and spreads (lammps_helpers.assert_matches, float64). Prints the
     differences. The raw file (set in the wrapper template) and the wrapped one agree."""
     model = models[kind]
     atoms = water_triclinic()
