@@ -33,19 +33,10 @@ from lammps_helpers import (
 )
 from metatomic_models import save_model
 
-from symbreak.engines import lammps as sb_lammps
 from symbreak.export import reexport_model
 
 #: The issue's bar for LAMMPS = Python with a metatomic model (float64, relative).
 BAR = 1e-8
-
-
-@pytest.fixture(scope="module")
-def plugin() -> Path:
-    try:
-        return sb_lammps.plugin_path()
-    except FileNotFoundError as err:
-        pytest.fail(f"the LAMMPS plugin is a required part of symbreak: {err}")
 
 
 def _with_made_up_extension(source: Path, output: Path) -> Path:
