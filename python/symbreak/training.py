@@ -106,6 +106,10 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
+        for name in ("defect_weight", "defect_radius"):
+            value = getattr(cfg, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} {value}: must be a finite number > 0")
         frames = read_labelled(cfg.data)
         species = sorted({int(z) for a in frames for z in a.numbers})
         self.model_cfg = PETConfig(species=species, **cfg.model)
@@ -116,9 +120,7 @@ class Trainer:
         self.train = [samples[k] for k in self.split["train"]]
         self.val = [samples[k] for k in self.split["val"]]
         self.test = [samples[k] for k in self.split["test"]]
-        if cfg.defect_weight != 1.0 and not any(
-            (s.force_weight != 1.0).any() for s in self.train if s.force_weight is not None
-        ):
+        if cfg.defect_weight != 1.0 and not any((s.force_weight != 1.0).any() for s in self.train):
             raise ValueError(
                 f"{cfg.data}: --defect-weight {cfg.defect_weight}: no training frame has an "
                 f"atom within {cfg.defect_radius} Å of a defect O of water (an O nearest to "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from . import exit_codes
@@ -126,8 +127,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.guard_short_range and not args.resume:
         problem = "--guard-short-range refits a trained model: use it with --resume"
     for name in ("defect_weight", "defect_radius"):
-        if not getattr(args, name) > 0:
-            problem = f"--{name.replace('_', '-')} {getattr(args, name)}: must be > 0"
+        if not (getattr(args, name) > 0 and math.isfinite(getattr(args, name))):
+            problem = f"--{name.replace('_', '-')} {getattr(args, name)}: must be finite and > 0"
     for name in ("max_minutes", "schedule_minutes"):
         if getattr(args, name) < 0:
             problem = f"--{name.replace('_', '-')} {getattr(args, name)}: minutes must be >= 0"

@@ -54,7 +54,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..engines.clients import default_threads
     from ..export import resolve_model_path
     from ..training_data import file_fingerprint
-    from .experiments import EXPERIMENTS, FULL, QUICK, Context, run_experiment
+    from .context import FULL, QUICK, Context
+    from .experiments import EXPERIMENTS, run_experiment
     from .inputs import DEFAULT_INPUTS, Interrupted
     from .report import kept_outcomes, write_report
 

@@ -19,12 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .condensed import ice, liquid, pimd
-from .context import FULL, QUICK, Context
+from .context import Context
 from .gas_phase import molecule_nve, molecule_nvt
 from .inputs import Interrupted
 from .report import Outcome, write_outcome
-
-__all__ = ["EXPERIMENTS", "FULL", "QUICK", "Context", "Experiment", "run_experiment"]
 
 
 @dataclass(frozen=True)
